@@ -1,0 +1,111 @@
+//! The `tollgate` command: run the gateway, check a configuration file, or
+//! hash an internal key for the configuration.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use tollgate::config::Config;
+use tollgate::keys::KeyDigest;
+use tollgate::server::{self, RunFlags};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "LLM gateway with per-user keys and token budgets"
+)]
+struct Cli {
+    /// Configuration file, native or Membrane format.
+    #[arg(
+        short = 'c',
+        long = "conf",
+        value_name = "FILE",
+        default_value = "/etc/tollgate/tollgate.yaml"
+    )]
+    conf: PathBuf,
+
+    /// Check the configuration file and exit: 0 when valid.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+
+    /// Take over the listening sockets of a running tollgate (graceful upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the SHA-256 digest of an internal key, for `api_key_sha256`.
+    /// Reads the key from standard input when it is not given.
+    HashKey {
+        /// The key; prefer standard input so it stays out of shell history.
+        key: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    if let Some(Command::HashKey { key }) = cli.command {
+        return hash_key(key);
+    }
+
+    let (config, format) = match Config::load(&cli.conf) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!(
+            "tollgate: the configuration file {} ({:?} format, {} users) is valid",
+            cli.conf.display(),
+            format,
+            config.users.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    server::run(
+        config,
+        RunFlags {
+            daemon: cli.daemon,
+            upgrade: cli.upgrade,
+        },
+    )
+}
+
+fn hash_key(key: Option<String>) -> ExitCode {
+    let key = match key {
+        Some(key) => key,
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("Type the key and press Enter:");
+            }
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+                eprintln!("tollgate: failed to read the key from standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if key.is_empty() {
+        eprintln!("tollgate: the key is empty");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", KeyDigest::of(&key).to_hex());
+    ExitCode::SUCCESS
+}

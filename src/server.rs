@@ -1,0 +1,70 @@
+//! Building and running the Pingora server from a validated configuration.
+
+use std::sync::Arc;
+
+use log::info;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+
+use crate::budget::MemoryStore;
+use crate::config::Config;
+use crate::proxy::Gateway;
+use crate::upstream::{Resolver, UpstreamTarget};
+
+/// Process flags that Pingora acts on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFlags {
+    /// Run in the background (`-d`).
+    pub daemon: bool,
+    /// Take the listening sockets over from a running instance (`-u`).
+    pub upgrade: bool,
+}
+
+/// Starts the gateway and serves until the process is told to stop.
+pub fn run(config: Config, flags: RunFlags) -> ! {
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    server.bootstrap();
+
+    let config = Arc::new(config);
+    let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
+    let store = Arc::new(MemoryStore::new(config.users.len()));
+    let gateway = Gateway::new(config.clone(), store, upstream.clone());
+
+    let mut proxy =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "tollgate API");
+    for address in &config.listen {
+        proxy.add_tcp(address);
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "upstream resolver",
+        Resolver { target: upstream },
+    ));
+
+    info!(
+        "tollgate listening on {} for {} users, forwarding to {}",
+        config.listen.join(", "),
+        config.users.len(),
+        config.upstream.url.authority()
+    );
+    server.run_forever()
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let settings = &config.server;
+    ServerConf {
+        threads: settings.threads,
+        pid_file: settings.pid_file.clone(),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        error_log: settings.error_log.clone(),
+        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    }
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: `cargo test --locked`, with any arguments passed
+# on to cargo test.
+#
+# Installs what the tests need when it is missing: the Debian packages cmake
+# (and gcc, python3, python3-venv) through apt-get when run as root, and a
+# Python virtualenv in target/python-venv with tests/clients/requirements.txt.
+# Reruns install nothing and print nothing before cargo's own output.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+VENV=target/python-venv
+REQUIREMENTS=tests/clients/requirements.txt
+# Digest of the requirements the virtualenv was last installed from.
+REQUIREMENTS_STAMP=$VENV/.requirements.sha256
+
+fail() {
+    echo "test.sh: $*" >&2
+    exit 1
+}
+
+# Installs Debian packages, or explains how when not running as root.
+apt_install() {
+    if [[ $(id -u) -ne 0 ]]; then
+        fail "missing Debian packages: install them with: sudo apt-get install $*"
+    fi
+    echo "test.sh: installing Debian packages: $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+command -v cargo >/dev/null ||
+    fail "cargo is missing: install a Rust toolchain with rustup, then run this script again"
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v cc >/dev/null || missing+=(gcc)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+if ((${#missing[@]} > 0)); then
+    apt_install "${missing[@]}"
+fi
+
+if [[ ! -x $VENV/bin/python ]]; then
+    echo "test.sh: creating the Python virtualenv $VENV"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+        # Debian's python3 has no ensurepip until python3-venv is installed,
+        # and the failed attempt leaves a virtualenv without pip behind.
+        rm -rf "$VENV"
+        apt_install python3-venv
+        python3 -m venv "$VENV" || fail "python3 -m venv $VENV failed"
+    fi
+fi
+
+requirements_digest=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+if [[ ! -f $REQUIREMENTS_STAMP || $(cat "$REQUIREMENTS_STAMP") != "$requirements_digest" ]]; then
+    echo "test.sh: installing $REQUIREMENTS into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS" ||
+        fail "pip could not install $REQUIREMENTS into $VENV"
+    echo "$requirements_digest" >"$REQUIREMENTS_STAMP"
+fi
+
+TOLLGATE_TEST_PYTHON="$(pwd)/$VENV/bin/python"
+export TOLLGATE_TEST_PYTHON
+exec cargo test --locked "$@"

@@ -1,0 +1,116 @@
+"""The OpenAI Python SDK, configured as a user would, against tollgate.
+
+Run by tests/python_sdk.rs, which starts the gateway and the mock upstream
+and passes their address in TOLLGATE_BASE_URL. The users come from the
+harness configuration in tests/common/mod.rs: bob has a large budget and
+alice 1,000 tokens.
+"""
+
+import os
+import unittest
+
+import openai
+from openai import OpenAI
+
+BASE_URL = os.environ["TOLLGATE_BASE_URL"] + "/v1"
+
+
+def client(key):
+    # No retries, so each assertion sees exactly one gateway answer.
+    return OpenAI(base_url=BASE_URL, api_key=key, max_retries=0)
+
+
+class ChatCompletions(unittest.TestCase):
+    def test_json(self):
+        completion = client("bob-key").chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_completion_tokens=12,
+        )
+        self.assertTrue(completion.choices[0].message.content)
+        self.assertEqual(completion.usage.completion_tokens, 12)
+        self.assertEqual(
+            completion.usage.total_tokens,
+            completion.usage.prompt_tokens + completion.usage.completion_tokens,
+        )
+
+    def test_stream_without_usage(self):
+        stream = client("bob-key").chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Count."}],
+            max_completion_tokens=8,
+            stream=True,
+        )
+        chunks = list(stream)
+        self.assertGreater(len(chunks), 2)
+        for chunk in chunks:
+            self.assertIsNone(chunk.usage)
+            self.assertTrue(chunk.choices, "a usage-only chunk reached the client")
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        self.assertTrue(text)
+
+    def test_stream_with_usage(self):
+        stream = client("bob-key").chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Count."}],
+            max_completion_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertEqual(chunks[-1].usage.completion_tokens, 8)
+
+
+class Responses(unittest.TestCase):
+    def test_json(self):
+        response = client("bob-key").responses.create(
+            model="gpt-5-codex", input="Write a haiku.", max_output_tokens=16
+        )
+        self.assertEqual(response.status, "completed")
+        self.assertTrue(response.output_text)
+        self.assertEqual(response.usage.output_tokens, 16)
+
+    def test_stream(self):
+        stream = client("bob-key").responses.create(
+            model="gpt-5-codex", input="Write a haiku.", stream=True
+        )
+        events = list(stream)
+        types = [event.type for event in events]
+        self.assertEqual(types[0], "response.created")
+        self.assertEqual(types[-1], "response.completed")
+        self.assertIn("response.output_text.delta", types)
+        self.assertGreater(events[-1].response.usage.total_tokens, 0)
+
+
+class Errors(unittest.TestCase):
+    def test_unknown_key_raises_authentication_error(self):
+        with self.assertRaises(openai.AuthenticationError) as raised:
+            client("not-a-key").chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+        self.assertEqual(raised.exception.status_code, 401)
+        self.assertEqual(raised.exception.code, "invalid_api_key")
+
+    def test_spent_budget_raises_rate_limit_error(self):
+        alice = client("alice-key")
+        error = None
+        for _ in range(50):
+            try:
+                alice.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "Say hello."}],
+                    max_completion_tokens=50,
+                )
+            except openai.RateLimitError as raised:
+                error = raised
+                break
+        self.assertIsNotNone(error, "alice's 1,000-token budget never ran out")
+        self.assertEqual(error.status_code, 429)
+        self.assertEqual(error.code, "insufficient_quota")
+        self.assertIn("Token budget exhausted", error.message)
+        self.assertTrue(error.response.headers.get("retry-after"))
+
+
+if __name__ == "__main__":
+    unittest.main()

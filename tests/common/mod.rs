@@ -1,0 +1,260 @@
+//! Test harness: starts the real `mock-upstream` and `tollgate` binaries on
+//! free loopback ports and talks HTTP to them.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The provider key configured in every test gateway; tests check that it,
+/// and only it, reaches the mock.
+pub const PROVIDER_KEY: &str = "sk-provider-canary-7f3a";
+
+/// A running mock OpenAI upstream.
+pub struct Mock {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Mock {
+    pub fn start() -> Mock {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("failed to start mock-upstream");
+
+        let stdout = child.stdout.take().expect("mock stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("failed to read the mock's address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the mock: {line:?}"))
+            .parse()
+            .expect("mock address");
+        Mock { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request the mock received, oldest first.
+    pub fn requests(&self) -> Vec<Value> {
+        let response = client()
+            .get(format!("{}/mock/requests", self.url()))
+            .send()
+            .expect("GET /mock/requests");
+        response.json::<Vec<Value>>().expect("mock request list")
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests().len()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts `tollgate -c FILE` with `config`, where `{listen}` is replaced by
+    /// a free loopback address and `{dir}` by a fresh temporary directory.
+    pub fn start(config: &str) -> Gateway {
+        Gateway::try_start(config).unwrap_or_else(|message| panic!("{message}"))
+    }
+
+    pub fn try_start(config: &str) -> Result<Gateway, String> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let addr = free_addr();
+        let config = config
+            .replace("{listen}", &addr.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("tollgate.yaml");
+        std::fs::write(&path, config).expect("write config");
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("-c")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start tollgate");
+
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = stdout.clone();
+        let pipe = child.stdout.take().expect("tollgate stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Err(format!("tollgate exited with {status}: {stderr}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("tollgate did not start listening within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        Ok(Gateway {
+            child,
+            addr,
+            _dir: dir,
+            stdout,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Access-log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Waits until the access log has at least `count` lines.
+    pub fn wait_for_log_lines(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.access_log();
+            if lines.len() >= count || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET /v1/gateway/usage` with `key`.
+    pub fn usage(&self, key: &str) -> Value {
+        let response = client()
+            .get(self.url("/v1/gateway/usage"))
+            .bearer_auth(key)
+            .send()
+            .expect("GET /v1/gateway/usage");
+        assert_eq!(response.status(), 200, "usage endpoint status");
+        response.json().expect("usage JSON")
+    }
+
+    /// Waits until the user has no tokens reserved, that is until every
+    /// request of theirs has settled, and returns the usage then.
+    pub fn settled_usage(&self, key: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let usage = self.usage(key);
+            if usage["tokens_reserved"] == 0 || Instant::now() > deadline {
+                return usage;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A native configuration for a gateway in front of `mock`, with users
+/// alice (`alice-key`, 1,000 tokens), bob (`bob-key`, 100,000 tokens) and
+/// carol (`carol-key`, unlimited).
+pub fn config_for(mock: &Mock) -> String {
+    format!(
+        r#"
+listen: "{{listen}}"
+upstream:
+  url: {url}
+  api_key: {PROVIDER_KEY}
+  connect_timeout: 2s
+  read_timeout: 5s
+  request_timeout: 30s
+budgets:
+  reset_period: 1h
+  default_max_output_tokens: 100
+users:
+  - name: alice
+    api_key: alice-key
+    tokens: 1000
+  - name: bob
+    api_key: bob-key
+    tokens: 100000
+  - name: carol
+    api_key: carol-key
+server:
+  threads: 2
+  pid_file: "{{dir}}/tollgate.pid"
+  upgrade_sock: "{{dir}}/upgrade.sock"
+"#,
+        url = mock.url()
+    )
+}
+
+/// A free loopback port, found by binding port 0 and closing it again.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address")
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
+/// Path of a file in the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Splits an SSE body into the JSON of its `data:` lines, skipping `[DONE]`.
+pub fn sse_data(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("SSE data is JSON"))
+        .collect()
+}

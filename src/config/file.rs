@@ -183,10 +183,13 @@ fn user_from_file(
 ) -> Result<User, String> {
     let key_path = format!("users[{index}]");
     let key_digest = match (&user.api_key, &user.api_key_sha256) {
-        (Some(_), Some(_)) => return Err(format!(
-            "{key_path}: api_key and api_key_sha256 are both set for user \"{}\": keep only one",
-            user.name
-        )),
+        (Some(_), Some(_)) => {
+            let name = &user.name;
+            return Err(format!(
+                "{key_path}: api_key and api_key_sha256 are both set for user \"{name}\": \
+                 keep only one"
+            ));
+        }
         (Some(key), None) => {
             let key_path = format!("{key_path}.api_key");
             super::values::reject_placeholder(key, &key_path)?;

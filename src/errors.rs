@@ -30,17 +30,34 @@ pub enum GatewayError {
         message: String,
         param: Option<String>,
     },
+    /// The user may not call this model.
+    ModelNotAllowed { model: String, allowed: Vec<String> },
+    /// The input is over the user's `max_input_tokens`.
+    ContextLengthExceeded { tokens: u64, limit: u64 },
     /// The user's token budget cannot cover the request.
     BudgetExhausted {
         status: BudgetStatus,
         retry_after: u64,
     },
+    /// A request-rate, concurrency or failed-key limit was hit.
+    RateLimited { limit: RateLimit, retry_after: u64 },
     /// The upstream could not be reached or broke the exchange.
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
     /// A fault in the gateway.
     Internal,
+}
+
+/// Which request limit a [`GatewayError::RateLimited`] hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// The user's `requests_per_minute`.
+    RequestsPerMinute(u32),
+    /// The user's `max_concurrent_requests`.
+    ConcurrentRequests(u32),
+    /// Too many requests with invalid keys from one client address.
+    FailedKeys(u32),
 }
 
 /// A rendered error response.
@@ -60,7 +77,10 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::LengthRequired { .. } => 411,
             GatewayError::InvalidRequest { .. } => 400,
+            GatewayError::ModelNotAllowed { .. } => 403,
+            GatewayError::ContextLengthExceeded { .. } => 400,
             GatewayError::BudgetExhausted { .. } => 429,
+            GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamUnavailable => 502,
             GatewayError::UpstreamTimeout => 504,
             GatewayError::Internal => 500,
@@ -75,7 +95,11 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. }
             | GatewayError::LengthRequired { .. }
             | GatewayError::InvalidRequest { .. } => "bad_request",
+            GatewayError::ModelNotAllowed { .. } | GatewayError::ContextLengthExceeded { .. } => {
+                "policy"
+            }
             GatewayError::BudgetExhausted { .. } => "budget",
+            GatewayError::RateLimited { .. } => "rate_limit",
             GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout => "upstream",
             GatewayError::Internal => "internal",
         }
@@ -98,9 +122,16 @@ impl GatewayError {
                 ("invalid_request_error", Some("length_required"))
             }
             GatewayError::InvalidRequest { .. } => ("invalid_request_error", None),
+            GatewayError::ModelNotAllowed { .. } => {
+                ("invalid_request_error", Some("model_not_allowed"))
+            }
+            GatewayError::ContextLengthExceeded { .. } => {
+                ("invalid_request_error", Some("context_length_exceeded"))
+            }
             GatewayError::BudgetExhausted { .. } => {
                 ("insufficient_quota", Some("insufficient_quota"))
             }
+            GatewayError::RateLimited { .. } => ("requests", Some("rate_limit_exceeded")),
             GatewayError::UpstreamUnavailable => ("api_error", Some("upstream_unavailable")),
             GatewayError::UpstreamTimeout => ("api_error", Some("upstream_timeout")),
             GatewayError::Internal => ("api_error", Some("internal_error")),
@@ -132,6 +163,28 @@ impl GatewayError {
                  with a Content-Length header."
             ),
             GatewayError::InvalidRequest { message, .. } => message.clone(),
+            GatewayError::ModelNotAllowed { model, allowed } => format!(
+                "Model '{model}' is not allowed for this key. Allowed models: {}.",
+                allowed.join(", ")
+            ),
+            GatewayError::ContextLengthExceeded { tokens, limit } => format!(
+                "This request has {tokens} input tokens, over this key's limit of {limit}. \
+                 Shorten the messages or the instructions."
+            ),
+            GatewayError::RateLimited { limit, retry_after } => match limit {
+                RateLimit::RequestsPerMinute(max) => format!(
+                    "Rate limit reached: {max} requests per minute for this key. \
+                     Try again in {retry_after} seconds."
+                ),
+                RateLimit::ConcurrentRequests(max) => format!(
+                    "Too many requests in progress: {max} at a time for this key. \
+                     Try again when one has finished."
+                ),
+                RateLimit::FailedKeys(max) => format!(
+                    "Too many requests with invalid API keys from this address (over {max} \
+                     per minute). Try again in {retry_after} seconds."
+                ),
+            },
             GatewayError::BudgetExhausted {
                 status,
                 retry_after,
@@ -157,6 +210,8 @@ impl GatewayError {
         let (error_type, code) = self.type_and_code();
         let param = match self {
             GatewayError::InvalidRequest { param, .. } => param.clone(),
+            GatewayError::ModelNotAllowed { .. } => Some("model".to_string()),
+            GatewayError::ContextLengthExceeded { .. } => Some("messages".to_string()),
             _ => None,
         };
         let body = json!({
@@ -178,6 +233,9 @@ impl GatewayError {
                 // The OpenAI SDKs read this and do not retry into a spent budget.
                 headers.push(("x-should-retry", "false".to_string()));
                 headers.extend(rate_limit_headers(status, *retry_after));
+            }
+            GatewayError::RateLimited { retry_after, .. } => {
+                headers.push(("retry-after", retry_after.to_string()));
             }
             GatewayError::MethodNotAllowed { allowed, .. } => {
                 headers.push(("allow", allowed.clone()));
@@ -279,6 +337,40 @@ mod tests {
         };
         assert_eq!(body(&error)["error"]["param"], "stream");
         assert_eq!(error.status(), 400);
+    }
+
+    #[test]
+    fn policy_errors_have_openai_codes() {
+        let model = GatewayError::ModelNotAllowed {
+            model: "o3".into(),
+            allowed: vec!["gpt-4o-mini".into(), "gpt-5*".into()],
+        };
+        assert_eq!(model.status(), 403);
+        let json = body(&model);
+        assert_eq!(json["error"]["code"], "model_not_allowed");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains("'o3'") && message.contains("gpt-4o-mini, gpt-5*"));
+
+        let context = GatewayError::ContextLengthExceeded {
+            tokens: 1200,
+            limit: 1000,
+        };
+        assert_eq!(context.status(), 400);
+        assert_eq!(body(&context)["error"]["code"], "context_length_exceeded");
+    }
+
+    #[test]
+    fn rate_limit_is_429_with_retry_after() {
+        let error = GatewayError::RateLimited {
+            limit: RateLimit::RequestsPerMinute(10),
+            retry_after: 42,
+        };
+        let response = error.to_response();
+        assert_eq!(response.status, 429);
+        assert!(response
+            .headers
+            .contains(&("retry-after", "42".to_string())));
+        assert_eq!(body(&error)["error"]["code"], "rate_limit_exceeded");
     }
 
     #[test]

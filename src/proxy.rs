@@ -20,6 +20,7 @@ use crate::budget::{
 use crate::config::{Config, User};
 use crate::errors::{rate_limit_headers, GatewayError};
 use crate::keys::{self, KeyRing, UserId};
+use crate::limits::{InFlightSlot, RequestLimits};
 use crate::metering::{self, Charge, ResponseMeter};
 use crate::request::{self, InspectedRequest};
 use crate::upstream::UpstreamTarget;
@@ -48,6 +49,7 @@ pub struct Gateway {
     config: Arc<Config>,
     keys: KeyRing,
     store: Arc<dyn BudgetStore>,
+    limits: RequestLimits,
     upstream: Arc<UpstreamTarget>,
     /// `Bearer <provider key>`, built once.
     provider_authorization: String,
@@ -61,6 +63,8 @@ pub struct RequestCtx {
     user: Option<UserId>,
     request: Option<InspectedRequest>,
     reservation: Option<Reservation>,
+    /// The user's concurrent-request slot, released when the context drops.
+    in_flight: Option<InFlightSlot>,
     /// The user's budget right after admission, for the rate-limit headers.
     budget: Option<BudgetStatus>,
     upstream_status: Option<u16>,
@@ -78,10 +82,12 @@ impl Gateway {
     ) -> Self {
         let keys = KeyRing::new(config.users.iter().map(|user| user.key_digest));
         let provider_authorization = format!("Bearer {}", config.upstream.api_key.expose());
+        let limits = RequestLimits::new(config.limits.failed_keys_per_minute);
         Gateway {
             config,
             keys,
             store,
+            limits,
             upstream,
             provider_authorization,
         }
@@ -120,20 +126,37 @@ impl Gateway {
         })?;
         ctx.route = Some(route);
 
-        let key = keys::key_from_headers(&header.headers).ok_or(GatewayError::MissingApiKey)?;
-        let user = self.keys.lookup(key).ok_or(GatewayError::InvalidApiKey)?;
+        let client = session
+            .client_addr()
+            .and_then(|address| address.as_inet())
+            .map(|address| address.ip());
+        self.limits.check_client(client)?;
+        let user = match keys::key_from_headers(&header.headers) {
+            None => Err(GatewayError::MissingApiKey),
+            Some(key) => self.keys.lookup(key).ok_or(GatewayError::InvalidApiKey),
+        }
+        .inspect_err(|_| self.limits.record_failed_key(client))?;
         ctx.user = Some(user);
 
         if route == Route::GatewayUsage {
             self.respond_usage(session, ctx, user).await;
             return Ok(true);
         }
+        let policies = &self.user(user).policies;
+        ctx.in_flight = self.limits.admit(user, policies)?;
         if !route.is_metered() {
             return Ok(false);
         }
 
         let body = read_body(session, self.config.limits.max_request_body_bytes).await?;
-        let inspected = request::inspect(route, body)?;
+        let inspected = if request::needs_token_count(&body, policies) {
+            let policies = policies.clone();
+            tokio::task::spawn_blocking(move || request::inspect(route, body, &policies))
+                .await
+                .map_err(|_| GatewayError::Internal)??
+        } else {
+            request::inspect(route, body, policies)?
+        };
         let reserve = ReserveRequest {
             input_tokens: inspected.input_tokens,
             max_output_tokens: inspected
@@ -215,6 +238,7 @@ impl ProxyHttp for Gateway {
             user: None,
             request: None,
             reservation: None,
+            in_flight: None,
             budget: None,
             upstream_status: None,
             meter: ResponseMeter::Off,

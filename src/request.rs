@@ -1,6 +1,6 @@
 //! Reading a metered request's JSON body: validation of the fields the
-//! gateway relies on, the reservation estimate, and the rewrite that asks the
-//! upstream for streamed usage.
+//! gateway relies on, the user's policies, the reservation estimate, and the
+//! rewrite that asks the upstream for streamed usage.
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -8,15 +8,17 @@ use serde_json::{Map, Value};
 use crate::api::Route;
 use crate::errors::GatewayError;
 use crate::estimate;
+use crate::policy::{self, Policies};
 
 /// What the gateway learned from a request body, and the body to forward.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InspectedRequest {
     pub model: String,
     pub stream: bool,
-    /// The largest max output field the request set, if any.
+    /// The largest max output field of the forwarded body, if any.
     pub max_output_tokens: Option<u64>,
-    /// Estimated input tokens.
+    /// Input tokens: counted exactly when a `max_input_tokens` check needed
+    /// the tokenizer, else estimated.
     pub input_tokens: u64,
     /// True when the gateway added `stream_options.include_usage`, so the
     /// usage-only chunk must be removed from what the client receives.
@@ -25,18 +27,22 @@ pub struct InspectedRequest {
     pub body: Bytes,
 }
 
-/// Max output fields of each API, in the order they are read.
-fn max_output_fields(route: Route) -> &'static [&'static str] {
-    match route {
-        Route::ChatCompletions => &["max_completion_tokens", "max_tokens"],
-        Route::Completions => &["max_tokens"],
-        Route::Responses => &["max_output_tokens"],
-        _ => &[],
-    }
+/// Whether [`inspect`] may need the tokenizer for this body, which takes
+/// about a millisecond per 10 KB, so the caller can move the work off the
+/// request threads.
+pub fn needs_token_count(body: &[u8], policies: &Policies) -> bool {
+    policies
+        .max_input_tokens
+        .is_some_and(|limit| body.len() as u64 > limit)
 }
 
-/// Validates and, where needed, rewrites the body of a metered request.
-pub fn inspect(route: Route, body: Bytes) -> Result<InspectedRequest, GatewayError> {
+/// Validates a metered request, applies the user's policies and returns the
+/// body to forward.
+pub fn inspect(
+    route: Route,
+    body: Bytes,
+    policies: &Policies,
+) -> Result<InspectedRequest, GatewayError> {
     let mut json: Value = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("The request body is not valid JSON: {e}."), None))?;
     let Some(object) = json.as_object_mut() else {
@@ -46,57 +52,42 @@ pub fn inspect(route: Route, body: Bytes) -> Result<InspectedRequest, GatewayErr
         ));
     };
 
-    let model = match object.get("model") {
-        Some(Value::String(model)) if !model.is_empty() => model.clone(),
-        Some(Value::String(_)) | None => {
-            return Err(invalid(
-                "Missing required parameter: 'model'.".to_string(),
-                Some("model"),
-            ))
-        }
-        Some(other) => {
-            return Err(invalid(
-                format!("'model' must be a string, got {}.", json_type(other)),
-                Some("model"),
-            ))
-        }
-    };
+    // Validate the fields the gateway reads.
+    let model = read_model(object)?;
+    let stream = read_stream(object)?;
+    read_max_output(route, object)?;
 
-    let stream = match object.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(stream)) => *stream,
-        Some(other) => {
-            return Err(invalid(
-                format!("'stream' must be a boolean, got {}.", json_type(other)),
-                Some("stream"),
-            ))
-        }
-    };
-
-    let mut max_output_tokens: Option<u64> = None;
-    for field in max_output_fields(route) {
-        let value = match object.get(*field) {
-            None | Some(Value::Null) => continue,
-            Some(value) => value,
-        };
-        let tokens = value.as_u64().filter(|&tokens| tokens > 0).ok_or_else(|| {
-            invalid(
-                format!("'{field}' must be a positive integer, got {value}."),
-                Some(field),
-            )
-        })?;
-        max_output_tokens = Some(max_output_tokens.map_or(tokens, |max| max.max(tokens)));
+    // Apply the policies that decide or rewrite.
+    policy::check_model(policies, &model)?;
+    let mut changed = false;
+    if let Some(rule) = &policies.system_prompt {
+        changed |= policy::apply_system_prompt(route, object, rule);
     }
+    if let Some(cap) = policies.max_output_tokens {
+        changed |= policy::clamp_max_output(route, object, cap);
+    }
+    let max_output_tokens = read_max_output(route, object)?;
+    let streams_chunks = matches!(route, Route::ChatCompletions | Route::Completions);
+    let strip_usage_chunk = stream && streams_chunks && add_include_usage(object)?;
+    changed |= strip_usage_chunk;
 
-    let input_tokens = estimate::input_tokens(&json);
-
-    let wants_usage_rewrite =
-        stream && matches!(route, Route::ChatCompletions | Route::Completions);
-    let strip_usage_chunk = wants_usage_rewrite && add_include_usage(&mut json)?;
-    let body = if strip_usage_chunk {
+    let body = if changed {
         Bytes::from(serde_json::to_vec(&json).map_err(|_| GatewayError::Internal)?)
     } else {
         body
+    };
+
+    // A token is at least one byte, so a body no longer than the limit in
+    // bytes is within it; only longer bodies are counted exactly.
+    let input_tokens = match policies.max_input_tokens {
+        Some(limit) if body.len() as u64 > limit => {
+            let tokens = estimate::exact_input_tokens(&json);
+            if tokens > limit {
+                return Err(GatewayError::ContextLengthExceeded { tokens, limit });
+            }
+            tokens
+        }
+        _ => estimate::input_tokens(&json),
     };
 
     Ok(InspectedRequest {
@@ -109,12 +100,54 @@ pub fn inspect(route: Route, body: Bytes) -> Result<InspectedRequest, GatewayErr
     })
 }
 
+fn read_model(object: &Map<String, Value>) -> Result<String, GatewayError> {
+    match object.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => Ok(model.clone()),
+        Some(Value::String(_)) | None => Err(invalid(
+            "Missing required parameter: 'model'.".to_string(),
+            Some("model"),
+        )),
+        Some(other) => Err(invalid(
+            format!("'model' must be a string, got {}.", json_type(other)),
+            Some("model"),
+        )),
+    }
+}
+
+fn read_stream(object: &Map<String, Value>) -> Result<bool, GatewayError> {
+    match object.get("stream") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(stream)) => Ok(*stream),
+        Some(other) => Err(invalid(
+            format!("'stream' must be a boolean, got {}.", json_type(other)),
+            Some("stream"),
+        )),
+    }
+}
+
+/// The largest max output field set, after checking each is a positive
+/// integer.
+fn read_max_output(route: Route, object: &Map<String, Value>) -> Result<Option<u64>, GatewayError> {
+    let mut max_output_tokens: Option<u64> = None;
+    for field in policy::max_output_fields(route) {
+        let value = match object.get(*field) {
+            None | Some(Value::Null) => continue,
+            Some(value) => value,
+        };
+        let tokens = value.as_u64().filter(|&tokens| tokens > 0).ok_or_else(|| {
+            invalid(
+                format!("'{field}' must be a positive integer, got {value}."),
+                Some(field),
+            )
+        })?;
+        max_output_tokens = Some(max_output_tokens.map_or(tokens, |max| max.max(tokens)));
+    }
+    Ok(max_output_tokens)
+}
+
 /// Sets `stream_options.include_usage = true`. Returns whether the body
 /// changed, that is whether the client had not asked for usage itself.
-fn add_include_usage(json: &mut Value) -> Result<bool, GatewayError> {
-    let Some(object) = json.as_object_mut() else {
-        return Ok(false);
-    };
+fn add_include_usage(object: &mut Map<String, Value>) -> Result<bool, GatewayError> {
     let options = object
         .entry("stream_options")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -167,7 +200,15 @@ mod tests {
     use super::*;
 
     fn inspect_json(route: Route, text: &str) -> Result<InspectedRequest, GatewayError> {
-        inspect(route, Bytes::from(text.to_string()))
+        inspect(route, Bytes::from(text.to_string()), &Policies::default())
+    }
+
+    fn inspect_with(
+        route: Route,
+        text: &str,
+        policies: &Policies,
+    ) -> Result<InspectedRequest, GatewayError> {
+        inspect(route, Bytes::from(text.to_string()), policies)
     }
 
     fn param_of(error: GatewayError) -> Option<String> {
@@ -256,5 +297,93 @@ mod tests {
             let error = inspect_json(Route::Embeddings, text).unwrap_err();
             assert_eq!(error.status(), 400, "{text}");
         }
+    }
+
+    #[test]
+    fn disallowed_model_is_rejected() {
+        let policies = Policies {
+            models: Some(policy::ModelList(vec!["gpt-4o-mini".into()])),
+            ..Policies::default()
+        };
+        let error =
+            inspect_with(Route::Responses, r#"{"model":"o3","input":"x"}"#, &policies).unwrap_err();
+        assert_eq!(error.status(), 403);
+        assert!(inspect_with(Route::Responses, r#"{"model":"gpt-4o-mini"}"#, &policies).is_ok());
+    }
+
+    #[test]
+    fn output_cap_is_forwarded_and_reserved() {
+        let policies = Policies {
+            max_output_tokens: Some(300),
+            ..Policies::default()
+        };
+        let text = r#"{"model":"m","max_tokens":128000,"messages":[]}"#;
+        let inspected = inspect_with(Route::ChatCompletions, text, &policies).unwrap();
+        assert_eq!(inspected.max_output_tokens, Some(300));
+        let forwarded: Value = serde_json::from_slice(&inspected.body).unwrap();
+        assert_eq!(forwarded["max_tokens"], 300);
+        assert!(forwarded.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
+    fn short_body_skips_token_count() {
+        let policies = Policies {
+            max_input_tokens: Some(1000),
+            ..Policies::default()
+        };
+        let text = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(!needs_token_count(text.as_bytes(), &policies));
+        let inspected = inspect_with(Route::ChatCompletions, text, &policies).unwrap();
+        assert_eq!(
+            inspected.input_tokens,
+            estimate::input_tokens(&serde_json::from_str(text).unwrap())
+        );
+    }
+
+    #[test]
+    fn long_input_is_counted_and_rejected() {
+        let policies = Policies {
+            max_input_tokens: Some(1000),
+            ..Policies::default()
+        };
+        // "hello " repeats are one token each in o200k_base.
+        let under = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "hello ".repeat(900)
+        );
+        assert!(needs_token_count(under.as_bytes(), &policies));
+        let inspected = inspect_with(Route::ChatCompletions, &under, &policies).unwrap();
+        assert!(
+            (900..=1000).contains(&inspected.input_tokens),
+            "{}",
+            inspected.input_tokens
+        );
+
+        let over = under.replace(&"hello ".repeat(900), &"hello ".repeat(1100));
+        let error = inspect_with(Route::ChatCompletions, &over, &policies).unwrap_err();
+        match error {
+            GatewayError::ContextLengthExceeded { tokens, limit } => {
+                assert!(tokens > 1000);
+                assert_eq!(limit, 1000);
+            }
+            other => panic!("expected context_length_exceeded, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn system_prompt_rule_rewrites_body() {
+        let policies = Policies {
+            system_prompt: Some(policy::SystemPrompt {
+                action: policy::SystemPromptAction::Overwrite,
+                content: "Gateway rules.".into(),
+            }),
+            ..Policies::default()
+        };
+        let text = r#"{"model":"m","messages":[{"role":"system","content":"mine"},{"role":"user","content":"q"}]}"#;
+        let inspected = inspect_with(Route::ChatCompletions, text, &policies).unwrap();
+        let forwarded: Value = serde_json::from_slice(&inspected.body).unwrap();
+        assert_eq!(forwarded["messages"][0]["content"], "Gateway rules.");
+        assert_eq!(forwarded["messages"].as_array().unwrap().len(), 2);
+        assert!(!inspected.strip_usage_chunk);
     }
 }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use log::info;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
-use pingora_core::services::background::background_service;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
 
 use crate::budget::MemoryStore;
 use crate::config::Config;
@@ -46,6 +47,13 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
         "upstream resolver",
         Resolver { target: upstream },
     ));
+    if config
+        .users
+        .iter()
+        .any(|user| user.policies.max_input_tokens.is_some())
+    {
+        server.add_service(background_service("tokenizer warm-up", TokenizerWarmup));
+    }
 
     info!(
         "tollgate listening on {} for {} users, forwarding to {}",
@@ -54,6 +62,17 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
         config.upstream.url.authority()
     );
     server.run_forever()
+}
+
+/// Loads the tokenizer at start-up rather than in the first request that
+/// needs an exact count; it runs after Pingora has daemonized.
+struct TokenizerWarmup;
+
+#[async_trait]
+impl BackgroundService for TokenizerWarmup {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let _ = tokio::task::spawn_blocking(tiktoken_rs::o200k_base_singleton).await;
+    }
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -4,10 +4,11 @@ use serde::Deserialize;
 
 use super::values::ConfigDuration;
 use super::{
-    deserialize_with_path, resolve_secret, Budgets, Config, Limits, ServerSettings, Upstream,
-    UpstreamUrl, User, DEFAULT_LISTEN,
+    deserialize_with_path, policies_from_parts, resolve_secret, without_zero_limits, Budgets,
+    Config, Limits, PolicyParts, ServerSettings, Upstream, UpstreamUrl, User, DEFAULT_LISTEN,
 };
 use crate::keys::KeyDigest;
+use crate::policy::Policies;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +20,8 @@ struct File {
     budgets: BudgetsFile,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    policies: PoliciesFile,
     #[serde(default)]
     users: Vec<UserFile>,
     #[serde(default)]
@@ -55,6 +58,42 @@ struct BudgetsFile {
 #[serde(deny_unknown_fields)]
 struct LimitsFile {
     max_request_body_bytes: Option<usize>,
+    failed_keys_per_minute: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PoliciesFile {
+    models: Option<Vec<String>>,
+    max_input_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    system_prompt: Option<SystemPromptFile>,
+    requests_per_minute: Option<u32>,
+    max_concurrent_requests: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SystemPromptFile {
+    action: String,
+    content: Option<String>,
+}
+
+impl PoliciesFile {
+    fn to_policies(&self, key_path: &str) -> Result<Policies, String> {
+        let parts = PolicyParts {
+            models: self.models.as_deref(),
+            max_input_tokens: self.max_input_tokens,
+            max_output_tokens: self.max_output_tokens,
+            system_prompt: self
+                .system_prompt
+                .as_ref()
+                .map(|rule| (rule.action.as_str(), rule.content.as_deref())),
+            requests_per_minute: self.requests_per_minute,
+            max_concurrent_requests: self.max_concurrent_requests,
+        };
+        policies_from_parts(parts, key_path)
+    }
 }
 
 #[derive(Deserialize)]
@@ -65,6 +104,8 @@ struct UserFile {
     api_key_sha256: Option<String>,
     tokens: Option<u64>,
     reset_period: Option<ConfigDuration>,
+    #[serde(default)]
+    policies: PoliciesFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,6 +132,7 @@ pub(super) mod defaults {
     pub const RESET_PERIOD: Duration = Duration::from_secs(3600);
     pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
     pub const MAX_REQUEST_BODY_BYTES: usize = 32 * 1024 * 1024;
+    pub const FAILED_KEYS_PER_MINUTE: u32 = 30;
 }
 
 pub(super) fn parse(text: &str) -> Result<Config, String> {
@@ -101,11 +143,12 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         .budgets
         .reset_period
         .map_or(defaults::RESET_PERIOD, |d| d.0);
+    let policies = file.policies.to_policies("policies")?;
     let users = file
         .users
         .iter()
         .enumerate()
-        .map(|(index, user)| user_from_file(user, index, reset_period))
+        .map(|(index, user)| user_from_file(user, index, reset_period, &policies))
         .collect::<Result<Vec<_>, _>>()?;
 
     let listen = match file.listen {
@@ -129,7 +172,12 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
                 .limits
                 .max_request_body_bytes
                 .unwrap_or(defaults::MAX_REQUEST_BODY_BYTES),
+            failed_keys_per_minute: file
+                .limits
+                .failed_keys_per_minute
+                .unwrap_or(defaults::FAILED_KEYS_PER_MINUTE),
         },
+        policies: without_zero_limits(policies),
         users,
         server: ServerSettings {
             threads: file.server.threads.unwrap_or(default_server.threads),
@@ -180,6 +228,7 @@ fn user_from_file(
     user: &UserFile,
     index: usize,
     default_reset_period: std::time::Duration,
+    gateway_policies: &Policies,
 ) -> Result<User, String> {
     let key_path = format!("users[{index}]");
     let key_digest = match (&user.api_key, &user.api_key_sha256) {
@@ -216,5 +265,9 @@ fn user_from_file(
         key_digest,
         tokens: user.tokens.filter(|&tokens| tokens > 0),
         reset_period: user.reset_period.map_or(default_reset_period, |d| d.0),
+        policies: without_zero_limits(
+            gateway_policies
+                .overridden_by(&user.policies.to_policies(&format!("{key_path}.policies"))?),
+        ),
     })
 }

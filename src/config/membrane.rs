@@ -14,6 +14,13 @@
 //!           apiKey: secret
 //!           tokens: 100000
 //!         limitResetPeriod: 3600
+//!       policies:                 # optional
+//!         models: [gpt-4o-mini]
+//!         maxInputTokens: 100000
+//!         maxOutputTokens: 4096
+//!       systemPrompt:             # optional, also accepted inside policies
+//!         action: prepend
+//!         content: Answer in English.
 //!   target:
 //!     url: https://api.openai.com/
 //! ```
@@ -25,8 +32,8 @@ use serde::Deserialize;
 use super::file::defaults;
 use super::values::{self, ConfigDuration};
 use super::{
-    deserialize_with_path, resolve_secret, Budgets, Config, Limits, ServerSettings, Upstream,
-    UpstreamUrl, User,
+    deserialize_with_path, policies_from_parts, resolve_secret, without_zero_limits, Budgets,
+    Config, Limits, PolicyParts, ServerSettings, Upstream, UpstreamUrl, User,
 };
 use crate::keys::KeyDigest;
 
@@ -65,7 +72,26 @@ struct LlmGateway {
     /// Provider options; the OpenAI block has no settings of its own yet.
     #[serde(default)]
     openai: Option<BTreeMap<String, serde_yaml::Value>>,
+    #[serde(default)]
+    policies: MembranePolicies,
+    system_prompt: Option<MembraneSystemPrompt>,
     simple_store: SimpleStore,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MembranePolicies {
+    models: Option<Vec<String>>,
+    max_input_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    system_prompt: Option<MembraneSystemPrompt>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembraneSystemPrompt {
+    action: String,
+    content: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +135,27 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     }
 
     let gateway_path = "api.flow[0].llmGateway";
+    let system_prompt = match (&gateway.system_prompt, &gateway.policies.system_prompt) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{gateway_path}: systemPrompt is set both in the step and in its policies; \
+                 keep only one"
+            ))
+        }
+        (rule, None) | (None, rule) => rule.as_ref(),
+    };
+    let policies = without_zero_limits(policies_from_parts(
+        PolicyParts {
+            models: gateway.policies.models.as_deref(),
+            max_input_tokens: gateway.policies.max_input_tokens,
+            max_output_tokens: gateway.policies.max_output_tokens,
+            system_prompt: system_prompt
+                .map(|rule| (rule.action.as_str(), rule.content.as_deref())),
+            requests_per_minute: None,
+            max_concurrent_requests: None,
+        },
+        &format!("{gateway_path}.policies"),
+    )?);
     let reset_period = gateway
         .simple_store
         .limit_reset_period
@@ -131,6 +178,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
                 key_digest: KeyDigest::of(&key),
                 tokens: user.tokens.filter(|&tokens| tokens > 0),
                 reset_period,
+                policies: policies.clone(),
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -159,7 +207,9 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         },
         limits: Limits {
             max_request_body_bytes: defaults::MAX_REQUEST_BODY_BYTES,
+            failed_keys_per_minute: defaults::FAILED_KEYS_PER_MINUTE,
         },
+        policies,
         users,
         server: ServerSettings::default(),
     })

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::keys::KeyDigest;
+use crate::policy::{ModelList, Policies, SystemPrompt, SystemPromptAction};
 pub use values::Secret;
 
 /// Default API listener, the port the Membrane format also defaults to.
@@ -22,6 +23,9 @@ pub struct Config {
     pub upstream: Upstream,
     pub budgets: Budgets,
     pub limits: Limits,
+    /// Gateway-wide policies; each user's effective policies are in
+    /// [`User::policies`].
+    pub policies: Policies,
     pub users: Vec<User>,
     pub server: ServerSettings,
 }
@@ -145,6 +149,9 @@ pub struct Budgets {
 pub struct Limits {
     /// Largest request body read, in bytes; larger bodies get 413.
     pub max_request_body_bytes: usize,
+    /// Requests with a missing or invalid key allowed per client address
+    /// per minute before every request from it gets 429; 0 turns this off.
+    pub failed_keys_per_minute: u32,
 }
 
 /// One holder of an internal key.
@@ -157,6 +164,8 @@ pub struct User {
     pub tokens: Option<u64>,
     /// This user's window length.
     pub reset_period: Duration,
+    /// The gateway-wide policies with this user's overrides applied.
+    pub policies: Policies,
 }
 
 /// Process settings handed to Pingora.
@@ -195,6 +204,22 @@ pub enum Format {
 }
 
 impl Config {
+    /// Every model name the configuration names in an allow-list, without
+    /// prefix patterns: the model label values of metrics.
+    pub fn known_models(&self) -> Vec<String> {
+        let lists = std::iter::once(&self.policies)
+            .chain(self.users.iter().map(|user| &user.policies))
+            .filter_map(|policies| policies.models.as_ref());
+        let mut names: Vec<String> = lists
+            .flat_map(|list| list.0.iter())
+            .filter(|name| !name.ends_with('*'))
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Reads, parses and validates a configuration file of either format.
     pub fn load(path: &Path) -> Result<(Config, Format), String> {
         let text = std::fs::read_to_string(path)
@@ -264,6 +289,87 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Policy settings as either file format writes them, before validation.
+#[derive(Debug, Default)]
+struct PolicyParts<'a> {
+    models: Option<&'a [String]>,
+    max_input_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    /// The action and the content of the system prompt rule.
+    system_prompt: Option<(&'a str, Option<&'a str>)>,
+    requests_per_minute: Option<u32>,
+    max_concurrent_requests: Option<u32>,
+}
+
+/// Validates policy settings. A limit of 0 means no limit, which lets a
+/// user's override lift a gateway-wide limit.
+fn policies_from_parts(parts: PolicyParts<'_>, key_path: &str) -> Result<Policies, String> {
+    let models = match parts.models {
+        None => None,
+        Some([]) => {
+            return Err(format!(
+                "{key_path}.models: the list is empty, so no model could be called; list the \
+                 allowed models, or use \"*\" to allow every model"
+            ))
+        }
+        Some(names) => {
+            if let Some(index) = names.iter().position(|name| name.trim().is_empty()) {
+                return Err(format!(
+                    "{key_path}.models[{index}]: the model name is empty"
+                ));
+            }
+            Some(ModelList(names.to_vec()))
+        }
+    };
+
+    let system_prompt = match parts.system_prompt {
+        None => None,
+        Some((action_text, content)) => {
+            let key = format!("{key_path}.system_prompt");
+            let action = SystemPromptAction::parse(action_text).ok_or_else(|| {
+                format!(
+                    "{key}.action: invalid value \"{action_text}\": use remove, overwrite, \
+                     append or prepend"
+                )
+            })?;
+            let content = match (action, content) {
+                (SystemPromptAction::Remove, None) => String::new(),
+                (SystemPromptAction::Remove, Some(_)) => {
+                    return Err(format!(
+                        "{key}.content: remove takes no content; delete the content setting"
+                    ))
+                }
+                (_, Some(text)) if !text.trim().is_empty() => text.to_string(),
+                (_, _) => {
+                    return Err(format!(
+                        "{key}.content is missing or empty: {action_text} needs the text to put \
+                         in the system prompt"
+                    ))
+                }
+            };
+            Some(SystemPrompt { action, content })
+        }
+    };
+
+    Ok(Policies {
+        models,
+        max_input_tokens: parts.max_input_tokens,
+        max_output_tokens: parts.max_output_tokens,
+        system_prompt,
+        requests_per_minute: parts.requests_per_minute,
+        max_concurrent_requests: parts.max_concurrent_requests,
+    })
+}
+
+/// Drops limits set to 0, which mean "no limit", once overrides are merged.
+fn without_zero_limits(mut policies: Policies) -> Policies {
+    policies.max_input_tokens = policies.max_input_tokens.filter(|&limit| limit > 0);
+    policies.max_output_tokens = policies.max_output_tokens.filter(|&limit| limit > 0);
+    policies.requests_per_minute = policies.requests_per_minute.filter(|&limit| limit > 0);
+    policies.max_concurrent_requests = policies.max_concurrent_requests.filter(|&limit| limit > 0);
+    policies
 }
 
 /// Resolves a secret given inline (with `${VAR}` expansion) or in a file.

@@ -174,6 +174,11 @@ fn membrane_unknown_key_names_path() {
 #[test]
 fn every_file_in_conf_loads() {
     std::env::set_var("OPENAI_API_KEY", "sk-conf-test");
+    // The systemd example reads the provider key from its credentials
+    // directory.
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::write(credentials.path().join("openai-api-key"), "sk-conf-test\n").unwrap();
+    std::env::set_var("CREDENTIALS_DIRECTORY", credentials.path());
     let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
     let mut checked = 0;
     for entry in std::fs::read_dir(&conf).unwrap() {
@@ -194,4 +199,101 @@ fn every_file_in_conf_loads() {
         "expected the example files in {}",
         conf.display()
     );
+}
+
+const POLICIES: &str = r#"
+upstream:
+  url: http://127.0.0.1:8081
+  api_key: sk-test
+policies:
+  models: [gpt-4o-mini, "gpt-5*"]
+  max_input_tokens: 50000
+  max_output_tokens: 2000
+  requests_per_minute: 60
+  system_prompt:
+    action: prepend
+    content: Follow the company rules.
+users:
+  - name: alice
+    api_key: a
+  - name: bob
+    api_key: b
+    policies:
+      models: ["*"]
+      max_output_tokens: 8000
+      max_input_tokens: 0
+      max_concurrent_requests: 2
+"#;
+
+#[test]
+fn user_policies_override_gateway_fields() {
+    let config = parse(POLICIES).unwrap();
+    let alice = &config.users[0].policies;
+    assert_eq!(alice.max_output_tokens, Some(2000));
+    assert_eq!(alice.max_input_tokens, Some(50_000));
+    assert!(alice.models.as_ref().unwrap().allows("gpt-5-codex"));
+    assert!(!alice.models.as_ref().unwrap().allows("o3"));
+    assert_eq!(alice.requests_per_minute, Some(60));
+    assert_eq!(
+        alice.system_prompt.as_ref().unwrap().content,
+        "Follow the company rules."
+    );
+
+    let bob = &config.users[1].policies;
+    assert!(bob.models.as_ref().unwrap().allows("o3"));
+    assert_eq!(bob.max_output_tokens, Some(8000));
+    assert_eq!(bob.max_input_tokens, None, "0 lifts the gateway limit");
+    assert_eq!(bob.max_concurrent_requests, Some(2));
+    assert_eq!(bob.requests_per_minute, Some(60));
+
+    assert_eq!(config.known_models(), vec!["gpt-4o-mini".to_string()]);
+}
+
+#[test]
+fn invalid_policies_name_the_key() {
+    let cases = [
+        (
+            "action: prepend",
+            "action: shout",
+            "policies.system_prompt.action",
+        ),
+        (
+            "    content: Follow the company rules.\n",
+            "",
+            "policies.system_prompt.content",
+        ),
+        (
+            "models: [gpt-4o-mini, \"gpt-5*\"]",
+            "models: []",
+            "policies.models",
+        ),
+        (
+            "max_output_tokens: 8000",
+            "max_output_tokenz: 8000",
+            "users[1].policies",
+        ),
+    ];
+    for (from, to, path) in cases {
+        let text = POLICIES.replacen(from, to, 1);
+        let error = parse(&text).unwrap_err();
+        assert!(error.contains(path), "{path}: {error}");
+    }
+}
+
+#[test]
+fn membrane_policies_map_onto_native() {
+    let text = MEMBRANE.replace("<<Replace with your API_KEY>>", "sk-real").replace(
+        "      simpleStore:",
+        "      policies:\n        models: [gpt-4o-mini]\n        maxInputTokens: 1000\n        \
+         maxOutputTokens: 200\n      systemPrompt:\n        action: overwrite\n        \
+         content: Be brief.\n      simpleStore:",
+    );
+    let config = parse(&text).unwrap();
+    for user in &config.users {
+        assert_eq!(user.policies.max_input_tokens, Some(1000));
+        assert_eq!(user.policies.max_output_tokens, Some(200));
+        assert!(user.policies.models.as_ref().unwrap().allows("gpt-4o-mini"));
+        let rule = user.policies.system_prompt.as_ref().unwrap();
+        assert_eq!(rule.content, "Be brief.");
+    }
 }

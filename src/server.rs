@@ -82,6 +82,7 @@ fn server_conf(config: &Config) -> ServerConf {
         pid_file: settings.pid_file.clone(),
         upgrade_sock: settings.upgrade_sock.clone(),
         error_log: settings.error_log.clone(),
+        ca_file: config.upstream.ca_file.clone(),
         grace_period_seconds: Some(settings.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout.as_secs()),
         ..ServerConf::default()

@@ -45,6 +45,7 @@ struct UpstreamFile {
     read_timeout: Option<ConfigDuration>,
     request_timeout: Option<ConfigDuration>,
     pool_idle_timeout: Option<ConfigDuration>,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -221,7 +222,19 @@ fn upstream_from_file(upstream: &UpstreamFile) -> Result<Upstream, String> {
         pool_idle_timeout: upstream
             .pool_idle_timeout
             .map_or(defaults::POOL_IDLE_TIMEOUT, |d| d.0),
+        ca_file: match &upstream.ca_file {
+            Some(path) => Some(readable_file(path, "upstream.ca_file")?),
+            None => None,
+        },
     })
+}
+
+/// Expands `${VAR}` in a file path and checks the file can be read.
+fn readable_file(path: &str, key_path: &str) -> Result<String, String> {
+    let path = super::values::expand_env(path, key_path)?;
+    std::fs::File::open(&path)
+        .map_err(|e| format!("{key_path}: cannot read the file \"{path}\": {e}"))?;
+    Ok(path)
 }
 
 fn user_from_file(

@@ -196,6 +196,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         read_timeout: defaults::READ_TIMEOUT,
         request_timeout: defaults::REQUEST_TIMEOUT,
         pool_idle_timeout: defaults::POOL_IDLE_TIMEOUT,
+        ca_file: None,
     };
 
     Ok(Config {

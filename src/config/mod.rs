@@ -45,6 +45,9 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// How long an idle pooled connection is kept for reuse.
     pub pool_idle_timeout: Duration,
+    /// PEM file of the certificate authorities trusted for an https
+    /// upstream, in place of the system's; for providers behind a private CA.
+    pub ca_file: Option<String>,
 }
 
 /// A parsed upstream base URL.

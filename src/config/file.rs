@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::operations;
 use super::values::ConfigDuration;
 use super::{
     deserialize_with_path, policies_from_parts, resolve_secret, without_zero_limits, Budgets,
@@ -26,6 +27,11 @@ struct File {
     users: Vec<UserFile>,
     #[serde(default)]
     server: ServerFile,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<String>,
+    #[serde(default)]
+    log: operations::LogFile,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +203,12 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
                 .graceful_shutdown_timeout
                 .map_or(default_server.graceful_shutdown_timeout, |d| d.0),
         },
+        admin: operations::admin_from_file(
+            file.admin_listen,
+            file.admin_token.as_deref(),
+            file.admin_token_file.as_deref(),
+        )?,
+        log: operations::log_from_file(&file.log)?,
     })
 }
 

@@ -32,8 +32,8 @@ use serde::Deserialize;
 use super::file::defaults;
 use super::values::{self, ConfigDuration};
 use super::{
-    deserialize_with_path, policies_from_parts, resolve_secret, without_zero_limits, Budgets,
-    Config, Limits, PolicyParts, ServerSettings, Upstream, UpstreamUrl, User,
+    deserialize_with_path, policies_from_parts, resolve_secret, without_zero_limits, AdminSettings,
+    Budgets, Config, Limits, LogSettings, PolicyParts, ServerSettings, Upstream, UpstreamUrl, User,
 };
 use crate::keys::KeyDigest;
 
@@ -213,5 +213,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         policies,
         users,
         server: ServerSettings::default(),
+        admin: AdminSettings::default(),
+        log: LogSettings::default(),
     })
 }

@@ -3,6 +3,7 @@
 
 mod file;
 mod membrane;
+mod operations;
 pub mod values;
 
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use crate::keys::KeyDigest;
 use crate::policy::{ModelList, Policies, SystemPrompt, SystemPromptAction};
+pub use operations::{AccessLogFormat, AdminSettings, LogSettings, DEFAULT_ADMIN_LISTEN};
 pub use values::Secret;
 
 /// Default API listener, the port the Membrane format also defaults to.
@@ -28,6 +30,8 @@ pub struct Config {
     pub policies: Policies,
     pub users: Vec<User>,
     pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
 }
 
 /// The provider the gateway forwards to.
@@ -290,7 +294,7 @@ impl Config {
         if self.server.threads == 0 {
             return Err("server.threads: must be at least 1".into());
         }
-        Ok(())
+        self.admin.validate(&self.listen)
     }
 }
 
@@ -403,6 +407,19 @@ fn resolve_secret(
              or set {file_key_path} to a file that contains it"
         )),
     }
+}
+
+/// Resolves a secret that may be left out entirely.
+fn resolve_optional_secret(
+    inline: Option<&str>,
+    file: Option<&str>,
+    key_path: &str,
+    file_key_path: &str,
+) -> Result<Option<Secret>, String> {
+    if inline.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    resolve_secret(inline, file, key_path, file_key_path).map(Some)
 }
 
 /// Deserializes with the key path of any error, such as

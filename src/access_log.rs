@@ -25,7 +25,9 @@ pub struct AccessRecord<'a> {
     pub rejection: Option<&'static str>,
     pub error: Option<String>,
     pub duration_ms: u64,
-    pub ttfb_ms: Option<u64>,
+    /// Time from the request header to the first body bytes of the
+    /// upstream response, such as the first event of a stream.
+    pub ttft_ms: Option<u64>,
 }
 
 /// Writes the record as one line; a failed write is dropped, since logging

@@ -3,6 +3,7 @@
 //! organisation's provider key.
 
 pub mod access_log;
+pub mod admin;
 pub mod api;
 pub mod budget;
 pub mod config;
@@ -10,7 +11,9 @@ pub mod errors;
 pub mod estimate;
 pub mod keys;
 pub mod limits;
+pub mod logging;
 pub mod metering;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod request;

@@ -55,7 +55,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     if let Some(Command::HashKey { key }) = cli.command {
         return hash_key(key);
@@ -78,6 +77,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    tollgate::logging::init(&config.log);
     server::run(
         config,
         RunFlags {

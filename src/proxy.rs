@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use log::{error, warn};
+use log::warn;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -17,11 +17,13 @@ use crate::api::{Route, RouteError};
 use crate::budget::{
     Admission, BudgetStatus, BudgetStore, Reservation, ReserveRequest, UserBudget,
 };
+use crate::config::AccessLogFormat;
 use crate::config::{Config, User};
 use crate::errors::{rate_limit_headers, GatewayError};
 use crate::keys::{self, KeyRing, UserId};
 use crate::limits::{InFlightSlot, RequestLimits};
 use crate::metering::{self, Charge, ResponseMeter};
+use crate::metrics::{self, RequestRecord};
 use crate::request::{self, InspectedRequest};
 use crate::upstream::UpstreamTarget;
 
@@ -53,6 +55,7 @@ pub struct Gateway {
     upstream: Arc<UpstreamTarget>,
     /// `Bearer <provider key>`, built once.
     provider_authorization: String,
+    labels: metrics::Labels,
 }
 
 /// What one request carries from phase to phase.
@@ -69,7 +72,8 @@ pub struct RequestCtx {
     budget: Option<BudgetStatus>,
     upstream_status: Option<u16>,
     meter: ResponseMeter,
-    first_byte_at: Option<Instant>,
+    /// When the first body bytes of the upstream response arrived.
+    first_token_at: Option<Instant>,
     deadline: Option<Instant>,
     rejection: Option<&'static str>,
 }
@@ -84,12 +88,13 @@ impl Gateway {
         let provider_authorization = format!("Bearer {}", config.upstream.api_key.expose());
         let limits = RequestLimits::new(config.limits.failed_keys_per_minute);
         Gateway {
-            config,
+            config: config.clone(),
             keys,
             store,
             limits,
             upstream,
             provider_authorization,
+            labels: metrics::Labels::new(config.known_models()),
         }
     }
 
@@ -242,7 +247,7 @@ impl ProxyHttp for Gateway {
             budget: None,
             upstream_status: None,
             meter: ResponseMeter::Off,
-            first_byte_at: None,
+            first_token_at: None,
             deadline: None,
             rejection: None,
         }
@@ -256,6 +261,7 @@ impl ProxyHttp for Gateway {
             Ok(answered) => Ok(answered),
             Err(error) => {
                 ctx.rejection = Some(error.reason());
+                metrics::record_rejection(error.reason());
                 if !session.is_body_done() {
                     // The unread body would be parsed as the next request.
                     session.set_keepalive(None);
@@ -346,7 +352,6 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
-        ctx.first_byte_at.get_or_insert_with(Instant::now);
 
         if let (Some(route), Some(request)) = (ctx.route, &ctx.request) {
             if (200..300).contains(&status) {
@@ -380,6 +385,10 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if body.as_ref().is_some_and(|chunk| !chunk.is_empty()) {
+            ctx.first_token_at.get_or_insert_with(Instant::now);
+        }
+
         match &mut ctx.meter {
             ResponseMeter::Off => {}
             ResponseMeter::Json(scanner) => {
@@ -460,6 +469,10 @@ impl ProxyHttp for Gateway {
             ) => GatewayError::UpstreamUnavailable,
             _ => GatewayError::Internal,
         };
+        if let Some(kind) = upstream_error_kind(e) {
+            metrics::record_upstream_error(kind);
+        }
+        crate::logging::failed_request(error.reason(), &ctx.request_id, e);
 
         if session.response_written().is_some() {
             // Headers already went out; all that is left is to end the stream.
@@ -468,7 +481,6 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        error!("request {}: {e}", ctx.request_id);
         let response = error.to_response();
         if let Err(write_error) = respond(
             session,
@@ -492,6 +504,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let charge = self.settle(ctx).await;
+        if let Some(kind) = ctx.upstream_status.and_then(metrics::upstream_status_error) {
+            metrics::record_upstream_error(kind);
+        }
 
         let header = session.req_header();
         let status = session
@@ -516,11 +531,56 @@ impl ProxyHttp for Gateway {
             rejection: ctx.rejection,
             error: e.map(|e| e.to_string()),
             duration_ms: ctx.started.elapsed().as_millis() as u64,
-            ttfb_ms: ctx
-                .first_byte_at
+            ttft_ms: ctx
+                .first_token_at
                 .map(|at| at.duration_since(ctx.started).as_millis() as u64),
         };
-        access_log::write(&record);
+        if self.config.log.access_log == AccessLogFormat::Json {
+            access_log::write(&record);
+        }
+
+        self.labels.record_request(&RequestRecord {
+            user: record.user,
+            model: record.model,
+            route: ctx.route,
+            status,
+            upstream_status: ctx.upstream_status,
+            duration: ctx.started.elapsed(),
+            first_token: ctx.first_token_at.map(|at| at.duration_since(ctx.started)),
+            charge,
+        });
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // fail_to_proxy logs each failure once, with its request id, and
+        // rate-limits repeats.
+        true
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        // Pingora's default names the path with its query string, which is
+        // client input; the route and request id are enough to find the
+        // access-log line.
+        format!(
+            "request {}, {} {}",
+            ctx.request_id,
+            session.req_header().method,
+            ctx.route.map_or(metrics::NO_ROUTE, Route::as_str)
+        )
+    }
+}
+
+/// The `tollgate_upstream_errors_total` kind of a proxy failure, or `None`
+/// when the provider is not at fault (a client disconnect, an internal
+/// error).
+fn upstream_error_kind(e: &Error) -> Option<&'static str> {
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::ConnectTimedout | ErrorType::ConnectNoRoute)
+        | (_, ErrorType::ConnectRefused | ErrorType::ConnectError) => Some("connect"),
+        (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Some("timeout"),
+        (ErrorSource::Downstream, _) => None,
+        (ErrorSource::Upstream, _) => Some("closed"),
+        _ => None,
     }
 }
 

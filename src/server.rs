@@ -8,8 +8,10 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 
+use crate::admin;
 use crate::budget::MemoryStore;
 use crate::config::Config;
+use crate::metrics;
 use crate::proxy::Gateway;
 use crate::upstream::{Resolver, UpstreamTarget};
 
@@ -35,7 +37,7 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
     let config = Arc::new(config);
     let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
     let store = Arc::new(MemoryStore::new(config.users.len()));
-    let gateway = Gateway::new(config.clone(), store, upstream.clone());
+    let gateway = Gateway::new(config.clone(), store.clone(), upstream.clone());
 
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "tollgate API");
@@ -43,6 +45,8 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
         proxy.add_tcp(address);
     }
     server.add_service(proxy);
+    metrics::register_all();
+    server.add_service(admin::service(config.clone(), store, upstream.clone()));
     server.add_service(background_service(
         "upstream resolver",
         Resolver { target: upstream },
@@ -56,8 +60,9 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
     }
 
     info!(
-        "tollgate listening on {} for {} users, forwarding to {}",
+        "tollgate listening on {} (admin on {}) for {} users, forwarding to {}",
         config.listen.join(", "),
+        config.admin.listen,
         config.users.len(),
         config.upstream.url.authority()
     );

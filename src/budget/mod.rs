@@ -99,6 +99,12 @@ pub trait BudgetStore: Send + Sync {
 
     /// The user's counters in the window current at `now`.
     async fn status(&self, user: UserId, budget: UserBudget, now: SystemTime) -> BudgetStatus;
+
+    /// Checks that the store can serve requests, for the readiness probe.
+    /// Returns why it cannot. An in-process store is always ready.
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Counters of one user, as every store keeps them.

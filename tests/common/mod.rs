@@ -74,51 +74,66 @@ impl Drop for Mock {
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    /// Address of the admin listener.
+    pub admin: SocketAddr,
     _dir: tempfile::TempDir,
     stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
     /// Starts `tollgate -c FILE` with `config`, where `{listen}` is replaced by
     /// a free loopback address and `{dir}` by a fresh temporary directory.
+    /// A native configuration without `admin_listen` gets one on another
+    /// free loopback port, so gateways of parallel tests never share one.
     pub fn start(config: &str) -> Gateway {
         Gateway::try_start(config).unwrap_or_else(|message| panic!("{message}"))
     }
 
     pub fn try_start(config: &str) -> Result<Gateway, String> {
+        Gateway::try_start_with_log(config, "warn")
+    }
+
+    /// Starts the gateway with `RUST_LOG` set to `rust_log`.
+    pub fn start_with_log(config: &str, rust_log: &str) -> Gateway {
+        Gateway::try_start_with_log(config, rust_log).unwrap_or_else(|message| panic!("{message}"))
+    }
+
+    pub fn try_start_with_log(config: &str, rust_log: &str) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let addr = free_addr();
-        let config = config
+        let admin = free_addr();
+        let mut config = config
             .replace("{listen}", &addr.to_string())
+            .replace("{admin}", &admin.to_string())
             .replace("{dir}", &dir.path().display().to_string());
+        let native = !config.lines().any(|line| line.starts_with("api:"));
+        if native && !config.contains("admin_listen:") {
+            config.push_str(&format!("\nadmin_listen: \"{admin}\"\n"));
+        }
         let path = dir.path().join("tollgate.yaml");
         std::fs::write(&path, config).expect("write config");
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .arg("-c")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("failed to start tollgate");
 
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let lines = stdout.clone();
-        let pipe = child.stdout.take().expect("tollgate stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
+        // Both pipes are drained all the time: a full pipe would block the
+        // gateway's next log write.
+        let stdout = collect_lines(child.stdout.take().expect("tollgate stdout"));
+        let stderr = collect_lines(child.stderr.take().expect("tollgate stderr"));
 
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
+        while TcpStream::connect(addr).is_err() || TcpStream::connect(admin).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
+                // Give the reader thread a moment to take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                let stderr = stderr.lock().unwrap().join("\n");
                 return Err(format!("tollgate exited with {status}: {stderr}"));
             }
             if Instant::now() > deadline {
@@ -131,9 +146,38 @@ impl Gateway {
         Ok(Gateway {
             child,
             addr,
+            admin,
             _dir: dir,
             stdout,
+            stderr,
         })
+    }
+
+    /// URL of `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The text of `GET /metrics` on the admin listener.
+    pub fn metrics(&self) -> String {
+        let response = client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .expect("GET /metrics");
+        assert_eq!(response.status(), 200, "metrics status");
+        response.text().expect("metrics text")
+    }
+
+    /// Every line written to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        let stdout = self.stdout.lock().unwrap().join("\n");
+        let stderr = self.stderr.lock().unwrap().join("\n");
+        format!("{stdout}\n{stderr}")
+    }
+
+    /// Lines written to stderr (the diagnostic log) so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -230,6 +274,30 @@ server:
 "#,
         url = mock.url()
     )
+}
+
+/// Reads `pipe` line by line on a thread of its own, into the returned list.
+fn collect_lines(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// The value of the series `series` (name and labels exactly as Prometheus
+/// prints them) in a metrics text, or `None` when it is absent.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        match value {
+            "inf" | "+Inf" => Some(f64::INFINITY),
+            _ => value.parse().ok(),
+        }
+    })
 }
 
 /// A free loopback port, found by binding port 0 and closing it again.

@@ -1,7 +1,7 @@
 //! The admin listener: Prometheus metrics, health and readiness probes and
 //! every user's budget, on an address of its own (default 127.0.0.1:9464).
 //!
-//! | path | answer |
+//! | path | response |
 //! | --- | --- |
 //! | `GET /metrics` | every metric in the Prometheus text format |
 //! | `GET /healthz` | 200 while the process serves requests |
@@ -147,8 +147,8 @@ impl AdminApp {
             .expect("static response parts are valid")
     }
 
-    /// 200 when the budget store answers and the upstream host has a
-    /// resolved address, else 503 with the failed check.
+    /// Returns 200 when the budget store passes its check and the upstream
+    /// host has a resolved address, else 503 naming the failed check.
     async fn readiness(&self) -> Response<Vec<u8>> {
         let store = self.store.check().await;
         let upstream_resolved = self.upstream.peer().is_some();
@@ -171,8 +171,8 @@ impl AdminApp {
         json_response(status, &body)
     }
 
-    /// Every user's counters in the current window. A `null` limit or
-    /// remaining count is an unlimited budget.
+    /// Returns every user's counters in the current window. A `null` limit
+    /// or remaining count is an unlimited budget.
     async fn usage(&self) -> Response<Vec<u8>> {
         let now = SystemTime::now();
         let mut users = Vec::with_capacity(self.config.users.len());
@@ -203,7 +203,8 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u
         .expect("static response parts are valid")
 }
 
-/// An error in the OpenAI error shape that the API listener uses too.
+/// Builds an error response in the OpenAI error shape, as the API listener
+/// sends them.
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
     let body = json!({
         "error": {

@@ -2,7 +2,8 @@
 //! update them.
 //!
 //! The series live in the `prometheus` crate's default registry, the one
-//! Pingora 0.9 registers its own metrics in, so one scrape returns both. Label
+//! pingora-prometheus 0.9.1 serves too, so metrics that other Pingora
+//! components register there appear in the same scrape. Label
 //! values come only from the configuration (user names, configured model
 //! names) or from fixed sets in the code (routes, statuses, reasons), never
 //! from raw request input, so the number of series stays bounded whatever
@@ -41,22 +42,23 @@ const DURATION_BUCKETS: &[f64] = &[
     1800.0, 3600.0,
 ];
 
-/// Buckets of the time to first token histogram, in seconds. Reasoning
-/// models can think for minutes before the first token.
+/// Buckets of the time to first token histogram, in seconds. A reasoning
+/// model can take minutes before its first token.
 const FIRST_TOKEN_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// Buckets of `gen_ai_client_token_usage`, in tokens: powers of 4 from 1 to
-/// 4^13, the boundaries the OpenTelemetry GenAI semantic conventions advise.
+/// 4^13, the boundaries the OpenTelemetry GenAI semantic conventions
+/// recommend.
 const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
     16777216.0, 67108864.0,
 ];
 
 /// Buckets of `gen_ai_client_operation_duration_seconds`: the doubling
-/// series from 10 ms that the GenAI conventions advise, continued to about
-/// 11 minutes.
+/// series from 10 ms to 81.92 s that the GenAI conventions recommend,
+/// continued to about 11 minutes for long streams.
 const GEN_AI_DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 163.84,
     327.68, 655.36,
@@ -236,8 +238,8 @@ impl Labels {
         }
     }
 
-    /// The `model` label for a model named in a request: the name itself when
-    /// the configuration names it, else `other`.
+    /// Returns the `model` label of a model named in a request: the name
+    /// itself when the configuration names it, else `other`.
     pub fn model<'a>(&'a self, model: Option<&'a str>) -> &'a str {
         match model {
             None => NO_MODEL,
@@ -323,7 +325,8 @@ impl Labels {
     }
 }
 
-/// Counts a request the gateway answered itself, from `request_filter`.
+/// Counts a request the gateway rejected without forwarding it, from
+/// `request_filter`.
 /// `reason` is one of [`crate::errors::GatewayError::reason`].
 pub fn record_rejection(reason: &'static str) {
     REJECTIONS.with_label_values(&[reason]).inc();
@@ -335,8 +338,8 @@ pub fn record_upstream_error(kind: &'static str) {
     UPSTREAM_ERRORS.with_label_values(&[kind]).inc();
 }
 
-/// The upstream error kind of a provider response status, or `None` when the
-/// status is no provider failure.
+/// Returns the upstream error kind of a provider response status, or `None`
+/// when the status is no provider failure.
 pub fn upstream_status_error(status: u16) -> Option<&'static str> {
     match status {
         429 => Some("http_429"),
@@ -398,8 +401,8 @@ pub fn encode() -> (Vec<u8>, String) {
     (body, encoder.format_type().to_string())
 }
 
-/// The `status` label: the HTTP status as text, or `0` when no response
-/// was written because the client went away.
+/// Returns the `status` label: the HTTP status as text, or `0` when no
+/// response was written because the client went away.
 fn status_label(status: u16) -> &'static str {
     // A table of every value from 0 to 999 keeps the label set bounded and
     // spares an allocation per request.
@@ -407,8 +410,8 @@ fn status_label(status: u16) -> &'static str {
     LABELS.get(status as usize).map_or("0", String::as_str)
 }
 
-/// The OpenTelemetry `gen_ai.operation.name` of a route, or `None` for
-/// routes that generate nothing. Responses API requests count as `chat`,
+/// Returns the OpenTelemetry `gen_ai.operation.name` of a route, or `None`
+/// for routes that generate nothing. Responses API requests count as `chat`,
 /// the conversational operation.
 fn gen_ai_operation(route: Route) -> Option<&'static str> {
     match route {

@@ -570,7 +570,7 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// The `tollgate_upstream_errors_total` kind of a proxy failure, or `None`
+/// Returns the `tollgate_upstream_errors_total` kind of a proxy failure, or `None`
 /// when the provider is not at fault (a client disconnect, an internal
 /// error).
 fn upstream_error_kind(e: &Error) -> Option<&'static str> {

@@ -15,8 +15,8 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 pub struct AdminSettings {
     /// Address such as `127.0.0.1:9464`.
     pub listen: String,
-    /// Bearer token required on every admin request; mandatory when `listen`
-    /// is not a loopback address.
+    /// Bearer token required on `/metrics` and `/admin/usage`. It is
+    /// mandatory when `listen` is not a loopback address.
     pub token: Option<Secret>,
 }
 
@@ -47,7 +47,7 @@ impl Default for LogSettings {
     }
 }
 
-/// What the access log on stdout contains.
+/// Format of the access log on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessLogFormat {
@@ -129,7 +129,8 @@ impl AdminSettings {
     }
 }
 
-/// Whether two listeners on the same port would bind overlapping addresses.
+/// Returns whether two listeners on one port would bind overlapping
+/// addresses.
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }

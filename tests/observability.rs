@@ -116,19 +116,32 @@ fn known_traffic(gateway: &Gateway) -> (u64, u64, u64, u64) {
 #[test]
 fn metrics_after_known_traffic() {
     let mock = Mock::start();
-    let gateway = Gateway::start(&config_for(&mock));
+    let config = format!(
+        "{}\npolicies:\n  models: [gpt-4o-mini, gpt-4o]\n",
+        config_for(&mock)
+    );
+    let gateway = Gateway::start(&config);
 
     let (input, output, cached, reasoning) = known_traffic(&gateway);
+    let response = chat(&gateway, "bob-key", &chat_body("gpt-3.5-secret", false), "");
+    assert!(response.status().is_client_error());
+    let policy_status = response.status().as_u16();
     let bob_used = gateway.settled_usage("bob-key")["tokens_used"]
         .as_u64()
         .unwrap();
     let metrics = gateway.metrics();
 
-    // Requests, by user, model, route and status. No model is configured,
-    // so every model is `other`.
+    // Requests, by user, model, route and status. The allow-list names the
+    // models, so they are label values. A request rejected before its body
+    // was inspected, the disallowed model included, has the model `none`.
+    let policy_series = format!(
+        r#"tollgate_requests_total{{model="none",route="chat_completions",status="{policy_status}",user="bob"}}"#
+    );
+    assert_metric(&metrics, &policy_series, 1.0);
+    assert!(!metrics.contains("gpt-3.5-secret"));
     for (series, count) in [
         (
-            r#"tollgate_requests_total{model="other",route="chat_completions",status="200",user="bob"}"#,
+            r#"tollgate_requests_total{model="gpt-4o-mini",route="chat_completions",status="200",user="bob"}"#,
             2.0,
         ),
         (
@@ -140,11 +153,11 @@ fn metrics_after_known_traffic() {
             1.0,
         ),
         (
-            r#"tollgate_requests_total{model="other",route="chat_completions",status="429",user="alice"}"#,
+            r#"tollgate_requests_total{model="gpt-4o-mini",route="chat_completions",status="429",user="alice"}"#,
             1.0,
         ),
         (
-            r#"tollgate_requests_total{model="other",route="chat_completions",status="500",user="carol"}"#,
+            r#"tollgate_requests_total{model="gpt-4o",route="chat_completions",status="500",user="carol"}"#,
             1.0,
         ),
     ] {
@@ -154,27 +167,27 @@ fn metrics_after_known_traffic() {
     // Tokens by type, as the provider reported them.
     assert_metric(
         &metrics,
-        r#"tollgate_tokens_total{model="other",type="input",user="bob"}"#,
+        r#"tollgate_tokens_total{model="gpt-4o-mini",type="input",user="bob"}"#,
         input as f64,
     );
     assert_metric(
         &metrics,
-        r#"tollgate_tokens_total{model="other",type="output",user="bob"}"#,
+        r#"tollgate_tokens_total{model="gpt-4o-mini",type="output",user="bob"}"#,
         output as f64,
     );
     assert_metric(
         &metrics,
-        r#"tollgate_tokens_total{model="other",type="cached_input",user="bob"}"#,
+        r#"tollgate_tokens_total{model="gpt-4o-mini",type="cached_input",user="bob"}"#,
         cached as f64,
     );
     assert_metric(
         &metrics,
-        r#"tollgate_tokens_total{model="other",type="reasoning",user="bob"}"#,
+        r#"tollgate_tokens_total{model="gpt-4o-mini",type="reasoning",user="bob"}"#,
         reasoning as f64,
     );
     assert_metric(
         &metrics,
-        r#"tollgate_charged_tokens_total{model="other",source="reported",user="bob"}"#,
+        r#"tollgate_charged_tokens_total{model="gpt-4o-mini",source="reported",user="bob"}"#,
         bob_used as f64,
     );
 
@@ -192,6 +205,11 @@ fn metrics_after_known_traffic() {
     assert_metric(
         &metrics,
         r#"tollgate_rejections_total{reason="budget"}"#,
+        1.0,
+    );
+    assert_metric(
+        &metrics,
+        r#"tollgate_rejections_total{reason="policy"}"#,
         1.0,
     );
     assert_metric(
@@ -260,36 +278,41 @@ fn metrics_after_known_traffic() {
     // two successful provider responses have a time to first token.
     assert_metric(
         &metrics,
-        r#"tollgate_request_duration_seconds_count{model="other",route="chat_completions"}"#,
-        4.0,
+        r#"tollgate_request_duration_seconds_count{model="gpt-4o-mini",route="chat_completions"}"#,
+        3.0,
     );
     assert_metric(
         &metrics,
-        r#"tollgate_time_to_first_token_seconds_count{model="other",route="chat_completions"}"#,
+        r#"tollgate_time_to_first_token_seconds_count{model="gpt-4o-mini",route="chat_completions"}"#,
         2.0,
     );
-    assert!(metrics.contains(r#"tollgate_request_duration_seconds_bucket{model="other",route="chat_completions",le="3600"} 4"#));
+    assert!(metrics.contains(r#"tollgate_request_duration_seconds_bucket{model="gpt-4o-mini",route="chat_completions",le="3600"} 3"#));
+    assert_metric(
+        &metrics,
+        r#"tollgate_request_duration_seconds_count{model="gpt-4o",route="chat_completions"}"#,
+        1.0,
+    );
 
     // OpenTelemetry GenAI names: the upstream 500 counts as an operation
     // with an error type, and only reported usage counts as tokens.
     assert_metric(
         &metrics,
-        r#"gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_request_model="other",gen_ai_token_type="input"}"#,
+        r#"gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_token_type="input"}"#,
         input as f64,
     );
     assert_metric(
         &metrics,
-        r#"gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_request_model="other",gen_ai_token_type="output"}"#,
+        r#"gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_token_type="output"}"#,
         2.0,
     );
     assert_metric(
         &metrics,
-        r#"gen_ai_client_operation_duration_seconds_count{error_type="",gen_ai_operation_name="chat",gen_ai_request_model="other"}"#,
+        r#"gen_ai_client_operation_duration_seconds_count{error_type="",gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini"}"#,
         2.0,
     );
     assert_metric(
         &metrics,
-        r#"gen_ai_client_operation_duration_seconds_count{error_type="500",gen_ai_operation_name="chat",gen_ai_request_model="other"}"#,
+        r#"gen_ai_client_operation_duration_seconds_count{error_type="500",gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o"}"#,
         1.0,
     );
 }

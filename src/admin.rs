@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::budget::{BudgetStore, UserBudget};
 use crate::config::Config;
 use crate::keys::KeyDigest;
+use crate::logging;
 use crate::metrics;
 use crate::upstream::UpstreamTarget;
 
@@ -90,6 +91,10 @@ impl ServeHttp for AdminApp {
             );
         }
         if protected && !self.authorized(session) {
+            let client = session
+                .client_addr()
+                .map_or_else(|| "an unknown address".to_string(), |addr| addr.to_string());
+            logging::rejected_admin_request(&client, path);
             return error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_admin_token",

@@ -66,6 +66,23 @@ pub fn failed_request(kind: &'static str, request_id: &str, message: &dyn std::f
     }
 }
 
+/// Logs a request to the admin listener without a valid admin token, at
+/// warn level with the client address, rate-limited like failed requests.
+pub fn rejected_admin_request(client: &str, path: &str) {
+    let Some(suppressed) = FAILURES.admit("admin_token", Instant::now()) else {
+        return;
+    };
+    let reason = "missing or invalid admin token";
+    if suppressed == 0 {
+        log::warn!("admin request for {path} from {client} rejected: {reason}");
+    } else {
+        log::warn!(
+            "admin request for {path} from {client} rejected: {reason} ({suppressed} more \
+             rejected admin requests were not logged)"
+        );
+    }
+}
+
 /// Passes records to `env_logger`, except other crates' records below
 /// [`OTHER_CRATES_MAX_LEVEL`].
 struct CappedLogger {

@@ -471,6 +471,13 @@ fn admin_token_guards_metrics_and_usage() {
         assert_eq!(response.status(), 200, "{path} stays open");
     }
     assert!(!gateway.output().contains("admin-canary"));
+    let warnings = gateway.stderr_lines();
+    assert!(
+        warnings
+            .iter()
+            .any(|line| line.contains("admin request for /metrics from 127.0.0.1:")),
+        "no warning for the rejected admin request: {warnings:?}"
+    );
 }
 
 #[test]

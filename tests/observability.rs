@@ -724,3 +724,86 @@ fn collect_expressions(value: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[test]
+fn upstream_failures_counted_and_logged_once() {
+    let closed = common::free_addr();
+    let config = format!(
+        r#"
+listen: "{{listen}}"
+upstream:
+  url: http://{closed}
+  api_key: {PROVIDER_KEY}
+  connect_timeout: 1s
+users:
+  - name: bob
+    api_key: bob-key
+server:
+  pid_file: "{{dir}}/tollgate.pid"
+  upgrade_sock: "{{dir}}/upgrade.sock"
+"#
+    );
+    let gateway = Gateway::start(&config);
+
+    // Past 10 failures of one kind a minute, lines are only counted.
+    let mut request_ids = Vec::new();
+    for _ in 0..12 {
+        let response = chat(&gateway, "bob-key", &chat_body("gpt-4o-mini", false), "");
+        assert_eq!(response.status(), 502);
+        request_ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    gateway.wait_for_log_lines(12);
+    let metrics = gateway.metrics();
+    assert_metric(
+        &metrics,
+        r#"tollgate_upstream_errors_total{kind="connect"}"#,
+        12.0,
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let errors: Vec<String> = gateway
+        .stderr_lines()
+        .into_iter()
+        .filter(|line| line.contains("ERROR"))
+        .collect();
+    assert_eq!(errors.len(), 10, "error lines: {errors:#?}");
+    for (request_id, line) in request_ids.iter().zip(&errors) {
+        assert!(line.contains(request_id), "{line} lacks {request_id}");
+        assert!(line.contains(": upstream: "), "{line}");
+    }
+}
+
+#[test]
+fn silent_upstream_counts_timeout() {
+    let mock = Mock::start();
+    let config = config_for(&mock).replace("read_timeout: 5s", "read_timeout: 1s");
+    let gateway = Gateway::start(&config);
+
+    let response = chat(
+        &gateway,
+        "bob-key",
+        &chat_body("gpt-4o-mini", false),
+        "slow-first-byte=1500",
+    );
+    assert_eq!(response.status(), 504);
+    gateway.wait_for_log_lines(1);
+
+    let metrics = gateway.metrics();
+    assert_metric(
+        &metrics,
+        r#"tollgate_upstream_errors_total{kind="timeout"}"#,
+        1.0,
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"tollgate_upstream_errors_total{kind="connect"}"#
+        ),
+        None
+    );
+}

@@ -37,7 +37,8 @@ fn assert_metric(metrics: &str, series: &str, expected: f64) {
     }
 }
 
-/// Every sample line of a metrics text (no comments), for counting series.
+/// Returns every sample line of a metrics text (no comments), for counting
+/// series.
 fn sample_lines(metrics: &str) -> Vec<&str> {
     metrics
         .lines()
@@ -379,8 +380,8 @@ fn random_models_keep_series_bounded() {
     );
 }
 
-/// A small deterministic mix of `seed`, so model names differ in more than
-/// their counter.
+/// Mixes `seed` into a deterministic number, so model names differ in more
+/// than their counter.
 fn rand_u64(seed: usize) -> u64 {
     (seed as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
@@ -421,7 +422,7 @@ fn admin_endpoints_answer() {
     assert_eq!(users[2]["tokens_limit"], Value::Null, "carol is unlimited");
     assert_eq!(users[2]["tokens_remaining"], Value::Null);
 
-    // /metrics answers on that path only, and only to GET.
+    // /metrics is served on that path only, and only to GET.
     for path in ["/", "/metric", "/metrics/", "/v1/chat/completions"] {
         let response = client().get(gateway.admin_url(path)).send().unwrap();
         assert_eq!(response.status(), 404, "GET {path}");

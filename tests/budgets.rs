@@ -166,13 +166,23 @@ fn stream_with_behavior(gateway: &Gateway, path: &str, body: &Value, behavior: &
 }
 
 /// The access-log line of the newest request on `route`.
+///
+/// Polls, because a budget settles just before its access-log line is
+/// written, and the lines of the usage requests that waited for the
+/// settlement can already be there.
 fn last_log_line(gateway: &Gateway, route: &str, count: usize) -> Value {
-    let lines = gateway.wait_for_log_lines(count);
-    lines
-        .into_iter()
-        .rev()
-        .find(|line| line["route"] == route)
-        .expect("access log line")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines = gateway.wait_for_log_lines(count);
+        if let Some(line) = lines.into_iter().rev().find(|line| line["route"] == route) {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line for {route}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

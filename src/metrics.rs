@@ -23,6 +23,8 @@ use crate::budget::BudgetStatus;
 use crate::metering::Charge;
 
 /// `user` label of a request whose key was not resolved to a user.
+// NOTE: a configured user named `unknown` shares these series with requests
+// that carried no valid key; the configuration does not reject that name.
 pub const UNKNOWN_USER: &str = "unknown";
 
 /// `model` label of a model name the configuration does not name.
@@ -371,9 +373,32 @@ pub fn set_budget(user: &str, status: &BudgetStatus) {
         .set(status.window.end as f64);
 }
 
-/// Creates every series without labels, so `/metrics` lists each metric
-/// name (with its help text) before the first request. Runs at start-up.
+/// Rejection reasons, as [`crate::errors::GatewayError::reason`] returns them
+/// for failures answered before forwarding.
+const REJECTION_REASONS: &[&str] = &[
+    "invalid_key",
+    "not_found",
+    "bad_request",
+    "policy",
+    "budget",
+    "rate_limit",
+];
+
+/// Kinds of `tollgate_upstream_errors_total`.
+const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "timeout", "closed", "http_429", "http_5xx"];
+
+/// Registers every metric at start-up, so a name clash in the registry
+/// panics there rather than on the first request. The rejection and
+/// upstream error counters start at 0 for each known label value, so
+/// `rate()` and `increase()` see their first increment.
 pub fn register_all() {
+    for reason in REJECTION_REASONS {
+        REJECTIONS.with_label_values(&[reason]);
+    }
+    for kind in UPSTREAM_ERROR_KINDS {
+        UPSTREAM_ERRORS.with_label_values(&[kind]);
+    }
+
     Lazy::force(&REQUESTS);
     Lazy::force(&TOKENS);
     Lazy::force(&CHARGED_TOKENS);

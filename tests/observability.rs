@@ -800,11 +800,20 @@ fn silent_upstream_counts_timeout() {
         r#"tollgate_upstream_errors_total{kind="timeout"}"#,
         1.0,
     );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"tollgate_upstream_errors_total{kind="connect"}"#
-        ),
-        None
-    );
+    // Every kind starts at 0, so rate() sees the first failure of each.
+    for kind in ["connect", "closed", "http_429", "http_5xx"] {
+        let series = format!(r#"tollgate_upstream_errors_total{{kind="{kind}"}}"#);
+        assert_metric(&metrics, &series, 0.0);
+    }
+    for reason in [
+        "invalid_key",
+        "not_found",
+        "bad_request",
+        "policy",
+        "budget",
+        "rate_limit",
+    ] {
+        let series = format!(r#"tollgate_rejections_total{{reason="{reason}"}}"#);
+        assert_metric(&metrics, &series, 0.0);
+    }
 }

@@ -258,3 +258,60 @@ pub fn sse_data(body: &str) -> Vec<Value> {
         .map(|data| serde_json::from_str(data).expect("SSE data is JSON"))
         .collect()
 }
+
+/// Values of header `name` in a request recorded by the mock, in order.
+pub fn recorded_header<'a>(request: &'a Value, name: &str) -> Vec<&'a str> {
+    request["headers"]
+        .as_array()
+        .expect("headers list")
+        .iter()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .filter_map(|pair| pair[1].as_str())
+        .collect()
+}
+
+/// The gateway address that the snippets in docs/ use, replaced by the test
+/// gateway's address before a snippet runs.
+pub const DOCS_GATEWAY_ADDR: &str = "127.0.0.1:2000";
+
+/// The fenced code blocks of the Markdown file `relative` whose info string is
+/// exactly `language`, in the order they appear.
+pub fn doc_snippets(relative: &str, language: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_path(relative))
+        .unwrap_or_else(|e| panic!("failed to read {relative}: {e}"));
+    let mut snippets = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match current.as_mut() {
+            None if line == format!("```{language}") => current = Some(String::new()),
+            None => {}
+            Some(_) if line == "```" => snippets.extend(current.take()),
+            Some(snippet) => {
+                snippet.push_str(line);
+                snippet.push('\n');
+            }
+        }
+    }
+    assert!(
+        current.is_none(),
+        "{relative}: unclosed ```{language} block"
+    );
+    snippets
+}
+
+/// Path of a file of the npm packages installed in tests/clients/node_modules
+/// by scripts/test.sh (`npm ci`); panics with the fix when it is missing.
+pub fn node_module(relative: &str) -> PathBuf {
+    let path = repo_path("tests/clients/node_modules").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh, which installs the Node clients with \
+         `npm ci` in tests/clients",
+        path.display()
+    );
+    path
+}

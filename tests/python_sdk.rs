@@ -37,5 +37,5 @@ fn openai_python_sdk_through_gateway() {
         output.status.success(),
         "Python SDK tests failed:\n{report}"
     );
-    assert!(report.contains("Ran 7 tests"), "{report}");
+    assert!(report.contains("Ran 14 tests"), "{report}");
 }

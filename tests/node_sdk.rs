@@ -6,16 +6,16 @@ mod common;
 
 use std::process::Command;
 
-use common::{config_for, node_module, repo_path, Gateway, Mock};
+use common::{client_suite_config_for, node_module, repo_path, Gateway, Mock};
 
 /// Test cases in tests/clients/test_openai_node.mjs.
-const NODE_TEST_COUNT: usize = 8;
+const NODE_TEST_COUNT: usize = 10;
 
 #[test]
 fn openai_node_sdk_through_gateway() {
     node_module("openai/package.json");
     let mock = Mock::start();
-    let gateway = Gateway::start(&config_for(&mock));
+    let gateway = Gateway::start(&client_suite_config_for(&mock));
 
     let output = Command::new("node")
         .args(["--test", "--test-reporter=spec", "test_openai_node.mjs"])

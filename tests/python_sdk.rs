@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{config_for, repo_path, Gateway, Mock};
+use common::{client_suite_config_for, repo_path, Gateway, Mock};
 
 #[test]
 fn openai_python_sdk_through_gateway() {
@@ -24,7 +24,7 @@ fn openai_python_sdk_through_gateway() {
     );
 
     let mock = Mock::start();
-    let gateway = Gateway::start(&config_for(&mock));
+    let gateway = Gateway::start(&client_suite_config_for(&mock));
     let output = Command::new(&python)
         .args(["-m", "unittest", "-v", "test_openai_python"])
         .current_dir(repo_path("tests/clients"))
@@ -37,5 +37,5 @@ fn openai_python_sdk_through_gateway() {
         output.status.success(),
         "Python SDK tests failed:\n{report}"
     );
-    assert!(report.contains("Ran 14 tests"), "{report}");
+    assert!(report.contains("Ran 16 tests"), "{report}");
 }

@@ -4,7 +4,9 @@
 // Run with `node --test` by tests/node_sdk.rs, which starts the gateway and
 // the mock upstream and passes their address in TOLLGATE_BASE_URL. The users
 // come from the harness configuration in tests/common/mod.rs: bob has a large
-// budget and alice 1,000 tokens.
+// budget and alice 1,000 tokens. The gateway allows the models gpt-4o-mini,
+// gpt-5* and text-embedding-3-small, with at most 8,000 input tokens a
+// request.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -111,6 +113,35 @@ test("unknown key raises AuthenticationError", async () => {
     assert.ok(error instanceof OpenAI.AuthenticationError, String(error));
     assert.equal(error.status, 401);
     assert.equal(error.code, "invalid_api_key");
+    return true;
+  });
+});
+
+test("disallowed model raises PermissionDeniedError", async () => {
+  const request = client("bob-key").chat.completions.create({
+    model: "o3",
+    messages: [{ role: "user", content: "hi" }],
+  });
+  await assert.rejects(request, (error) => {
+    assert.ok(error instanceof OpenAI.PermissionDeniedError, String(error));
+    assert.equal(error.status, 403);
+    assert.equal(error.code, "model_not_allowed");
+    assert.equal(error.param, "model");
+    assert.match(error.message, /'o3' is not allowed/);
+    return true;
+  });
+});
+
+test("long input raises BadRequestError", async () => {
+  const request = client("bob-key").responses.create({
+    model: "gpt-5-codex",
+    input: "word ".repeat(20_000),
+  });
+  await assert.rejects(request, (error) => {
+    assert.ok(error instanceof OpenAI.BadRequestError, String(error));
+    assert.equal(error.status, 400);
+    assert.equal(error.code, "context_length_exceeded");
+    assert.match(error.message, /over this key's limit of 8000/);
     return true;
   });
 });

@@ -3,7 +3,8 @@
 Run by tests/python_sdk.rs, which starts the gateway and the mock upstream
 and passes their address in TOLLGATE_BASE_URL. The users come from the
 harness configuration in tests/common/mod.rs: bob has a large budget and
-alice 1,000 tokens.
+alice 1,000 tokens. The gateway allows the models gpt-4o-mini, gpt-5* and
+text-embedding-3-small, with at most 8,000 input tokens a request.
 """
 
 import os
@@ -82,9 +83,25 @@ class Responses(unittest.TestCase):
         )
         events = list(stream)
         types = [event.type for event in events]
-        self.assertEqual(types[0], "response.created")
-        self.assertEqual(types[-1], "response.completed")
-        self.assertIn("response.output_text.delta", types)
+        # The full sequence a streaming client such as Codex expects, with
+        # the run of deltas counted once.
+        distinct = [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
+        self.assertEqual(
+            distinct,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ],
+        )
+        numbers = [event.sequence_number for event in events]
+        self.assertEqual(numbers, list(range(len(events))))
         self.assertGreater(events[-1].response.usage.total_tokens, 0)
 
 
@@ -161,6 +178,25 @@ class Errors(unittest.TestCase):
             )
         self.assertEqual(raised.exception.status_code, 401)
         self.assertEqual(raised.exception.code, "invalid_api_key")
+
+    def test_disallowed_model_raises_permission_denied(self):
+        with self.assertRaises(openai.PermissionDeniedError) as raised:
+            client("bob-key").chat.completions.create(
+                model="o3", messages=[{"role": "user", "content": "hi"}]
+            )
+        self.assertEqual(raised.exception.status_code, 403)
+        self.assertEqual(raised.exception.code, "model_not_allowed")
+        self.assertEqual(raised.exception.param, "model")
+        self.assertIn("'o3' is not allowed", raised.exception.message)
+
+    def test_long_input_raises_bad_request(self):
+        with self.assertRaises(openai.BadRequestError) as raised:
+            client("bob-key").responses.create(
+                model="gpt-5-codex", input="word " * 20_000
+            )
+        self.assertEqual(raised.exception.status_code, 400)
+        self.assertEqual(raised.exception.code, "context_length_exceeded")
+        self.assertIn("over this key's limit of 8000", raised.exception.message)
 
     def test_spent_budget_raises_rate_limit_error(self):
         # The SDK's default of two retries stays on: the gateway's

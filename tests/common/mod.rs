@@ -315,3 +315,14 @@ pub fn node_module(relative: &str) -> PathBuf {
     );
     path
 }
+
+/// The configuration of the SDK suites in tests/clients: `config_for(mock)`
+/// plus a model allow-list and an input limit, which their policy cases
+/// exceed with the model `o3` and a prompt of over 8,000 tokens.
+pub fn client_suite_config_for(mock: &Mock) -> String {
+    format!(
+        "{}\npolicies:\n  models: [gpt-4o-mini, \"gpt-5*\", text-embedding-3-small]\n  \
+         max_input_tokens: 8000\n",
+        config_for(mock)
+    )
+}

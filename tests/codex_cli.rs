@@ -204,6 +204,47 @@ fn codex_request_reaches_provider_intact() {
 }
 
 #[test]
+fn codex_tool_call_round_trip_is_charged() {
+    let mock = Mock::start();
+    let gateway = Gateway::start(&config_for(&mock));
+    // The mock answers the first request with a call of Codex's shell tool,
+    // which runs `echo tool-call-output`, and the follow-up with text.
+    let header = "http_headers = { \"x-mock-behavior\" = \"tool-call=exec_command\" }\n";
+    let codex = Codex::configure(&gateway, header);
+
+    let output = codex.exec("bob-key", "Run the command.");
+    assert!(output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tool-call-output"), "{}", describe(&output));
+
+    // The second request returns the call and its output under one call id.
+    let requests = responses_requests(&mock);
+    assert_eq!(requests.len(), 2, "a call and its follow-up");
+    let input = body_json(&requests[1])["input"].clone();
+    let items = input.as_array().expect("input items");
+    let call = items
+        .iter()
+        .find(|item| item["type"] == "function_call")
+        .expect("function_call item");
+    assert_eq!(call["name"], "exec_command");
+    let result = items
+        .iter()
+        .find(|item| item["type"] == "function_call_output")
+        .expect("function_call_output item");
+    assert_eq!(result["call_id"], call["call_id"]);
+    assert!(result["output"].to_string().contains("tool-call-output"));
+
+    // Both requests are charged, and the sum is what Codex reports.
+    let log = gateway.wait_for_log_lines(2);
+    let charged: u64 = log
+        .iter()
+        .filter_map(|line| line["total_tokens"].as_u64())
+        .sum();
+    assert_eq!(gateway.settled_usage("bob-key")["tokens_used"], charged);
+    assert_eq!(tokens_used(&output), charged);
+}
+
+#[test]
 fn codex_stops_on_spent_budget() {
     let mock = Mock::start();
     // alice gets room for one or two Codex turns of about 5,000 tokens: the

@@ -54,7 +54,8 @@ impl Codex {
     fn exec(&self, key: &str, prompt: &str) -> Output {
         let codex = node_module("@openai/codex/bin/codex.js");
         let closed_proxy = format!("http://{}", free_addr());
-        Command::new("timeout")
+        let mut command = Command::new("timeout");
+        command
             .arg(CODEX_TIMEOUT_SECONDS)
             .arg("node")
             .arg(codex)
@@ -64,13 +65,14 @@ impl Codex {
             .env("TOLLGATE_API_KEY", key)
             .env_remove("OPENAI_API_KEY")
             .env_remove("OPENAI_BASE_URL")
-            .env("HTTPS_PROXY", &closed_proxy)
-            .env("HTTP_PROXY", &closed_proxy)
-            .env("ALL_PROXY", &closed_proxy)
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::null())
-            .output()
-            .expect("failed to run codex")
+            .stdin(Stdio::null());
+        for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"] {
+            command.env(name, &closed_proxy);
+            command.env(name.to_lowercase(), &closed_proxy);
+        }
+        command.env("NO_PROXY", "127.0.0.1,localhost");
+        command.env("no_proxy", "127.0.0.1,localhost");
+        command.output().expect("failed to run codex")
     }
 }
 

@@ -6,7 +6,10 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{config_for, doc_snippets, node_module, repo_path, Gateway, Mock, DOCS_GATEWAY_ADDR};
+use common::{
+    config_for, doc_snippets, node_module, python_with_openai, repo_path, Gateway, Mock,
+    DOCS_GATEWAY_ADDR,
+};
 use serde_json::Value;
 
 const DOC: &str = "docs/clients.md";
@@ -45,7 +48,7 @@ fn run(command: &mut Command) -> String {
 
 #[test]
 fn python_snippet_runs_as_written() {
-    let python = std::env::var("TOLLGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python_with_openai();
     let mock = Mock::start();
     let gateway = Gateway::start(&config_for(&mock));
 

@@ -7,22 +7,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{client_suite_config_for, repo_path, Gateway, Mock};
+use common::{client_suite_config_for, python_with_openai, repo_path, Gateway, Mock};
 
 #[test]
 fn openai_python_sdk_through_gateway() {
-    let python = std::env::var("TOLLGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    assert!(
-        probe.status.success(),
-        "the openai package is missing for {python}: run scripts/test.sh, which installs it \
-         into target/python-venv ({})",
-        String::from_utf8_lossy(&probe.stderr).trim()
-    );
-
+    let python = python_with_openai();
     let mock = Mock::start();
     let gateway = Gateway::start(&client_suite_config_for(&mock));
     let output = Command::new(&python)

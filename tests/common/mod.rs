@@ -326,3 +326,21 @@ pub fn client_suite_config_for(mock: &Mock) -> String {
         config_for(mock)
     )
 }
+
+/// The Python interpreter of the SDK tests: `$TOLLGATE_TEST_PYTHON`, which
+/// scripts/test.sh points at its virtualenv, else `python3`. Panics with the
+/// fix when that interpreter cannot import the `openai` package.
+pub fn python_with_openai() -> String {
+    let python = std::env::var("TOLLGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {python}: {e}"));
+    assert!(
+        probe.status.success(),
+        "the openai package is missing for {python}: run scripts/test.sh, which installs it \
+         into target/python-venv ({})",
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
+    python
+}

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 const DOC: &str = "docs/clients.md";
 
-/// The snippets of `language` in docs/clients.md, pointed at `gateway`.
+/// Returns the snippets of `language` in docs/clients.md, pointed at `gateway`.
 fn snippets(language: &str, gateway: &Gateway) -> Vec<String> {
     let snippets = doc_snippets(DOC, language);
     assert!(!snippets.is_empty(), "{DOC} has no ```{language} block");

@@ -15,7 +15,8 @@ import OpenAI from "openai";
 
 const baseURL = `${process.env.TOLLGATE_BASE_URL}/v1`;
 
-// No retries unless a test asks, so each assertion sees one gateway answer.
+// No retries unless a test requests them, so each assertion sees one gateway
+// answer.
 function client(apiKey, options = { maxRetries: 0 }) {
   return new OpenAI({ baseURL, apiKey, ...options });
 }

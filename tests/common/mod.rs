@@ -278,8 +278,8 @@ pub fn recorded_header<'a>(request: &'a Value, name: &str) -> Vec<&'a str> {
 /// gateway's address before a snippet runs.
 pub const DOCS_GATEWAY_ADDR: &str = "127.0.0.1:2000";
 
-/// The fenced code blocks of the Markdown file `relative` whose info string is
-/// exactly `language`, in the order they appear.
+/// Returns the fenced code blocks of the Markdown file `relative` whose info
+/// string is exactly `language`, in the order they appear.
 pub fn doc_snippets(relative: &str, language: &str) -> Vec<String> {
     let text = std::fs::read_to_string(repo_path(relative))
         .unwrap_or_else(|e| panic!("failed to read {relative}: {e}"));
@@ -316,9 +316,9 @@ pub fn node_module(relative: &str) -> PathBuf {
     path
 }
 
-/// The configuration of the SDK suites in tests/clients: `config_for(mock)`
-/// plus a model allow-list and an input limit, which their policy cases
-/// exceed with the model `o3` and a prompt of over 8,000 tokens.
+/// Returns the configuration of the SDK suites in tests/clients:
+/// `config_for(mock)` plus a model allow-list and an input limit, which their
+/// policy cases exceed with the model `o3` and a prompt of over 8,000 tokens.
 pub fn client_suite_config_for(mock: &Mock) -> String {
     format!(
         "{}\npolicies:\n  models: [gpt-4o-mini, \"gpt-5*\", text-embedding-3-small]\n  \
@@ -327,7 +327,7 @@ pub fn client_suite_config_for(mock: &Mock) -> String {
     )
 }
 
-/// The Python interpreter of the SDK tests: `$TOLLGATE_TEST_PYTHON`, which
+/// Finds the Python interpreter of the SDK tests: `$TOLLGATE_TEST_PYTHON`, which
 /// scripts/test.sh points at its virtualenv, else `python3`. Panics with the
 /// fix when that interpreter cannot import the `openai` package.
 pub fn python_with_openai() -> String {

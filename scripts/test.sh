@@ -3,8 +3,11 @@
 # on to cargo test.
 #
 # Installs what the tests need when it is missing: the Debian packages cmake
-# (and gcc, python3, python3-venv) through apt-get when run as root, and a
-# Python virtualenv in target/python-venv with tests/clients/requirements.txt.
+# (and gcc, python3, python3-venv, nodejs, npm) through apt-get when run as
+# root, a Python virtualenv in target/python-venv with
+# tests/clients/requirements.txt, and the Node clients of
+# tests/clients/package-lock.json (the OpenAI Node SDK and the Codex CLI)
+# through `npm ci` in tests/clients/node_modules.
 # Reruns install nothing and print nothing before cargo's own output.
 set -euo pipefail
 
@@ -14,6 +17,9 @@ VENV=target/python-venv
 REQUIREMENTS=tests/clients/requirements.txt
 # Digest of the requirements the virtualenv was last installed from.
 REQUIREMENTS_STAMP=$VENV/.requirements.sha256
+NODE_CLIENTS=tests/clients
+# Digest of the lock file that node_modules was last installed from.
+NODE_LOCK_STAMP=$NODE_CLIENTS/node_modules/.package-lock.sha256
 
 fail() {
     echo "test.sh: $*" >&2
@@ -38,6 +44,8 @@ missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v cc >/dev/null || missing+=(gcc)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]} > 0)); then
     apt_install "${missing[@]}"
 fi
@@ -59,6 +67,14 @@ if [[ ! -f $REQUIREMENTS_STAMP || $(cat "$REQUIREMENTS_STAMP") != "$requirements
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS" ||
         fail "pip could not install $REQUIREMENTS into $VENV"
     echo "$requirements_digest" >"$REQUIREMENTS_STAMP"
+fi
+
+lock_digest=$(sha256sum "$NODE_CLIENTS/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f $NODE_LOCK_STAMP || $(cat "$NODE_LOCK_STAMP") != "$lock_digest" ]]; then
+    echo "test.sh: installing the Node clients of $NODE_CLIENTS/package-lock.json with npm ci"
+    (cd "$NODE_CLIENTS" && npm ci --no-audit --no-fund --loglevel=error) ||
+        fail "npm ci could not install the Node clients in $NODE_CLIENTS"
+    echo "$lock_digest" >"$NODE_LOCK_STAMP"
 fi
 
 TOLLGATE_TEST_PYTHON="$(pwd)/$VENV/bin/python"

@@ -7,24 +7,13 @@ mod common;
 
 use std::process::Command;
 
-use common::{config_for, repo_path, Gateway, Mock};
+use common::{client_suite_config_for, python_with_openai, repo_path, Gateway, Mock};
 
 #[test]
 fn openai_python_sdk_through_gateway() {
-    let python = std::env::var("TOLLGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    assert!(
-        probe.status.success(),
-        "the openai package is missing for {python}: run scripts/test.sh, which installs it \
-         into target/python-venv ({})",
-        String::from_utf8_lossy(&probe.stderr).trim()
-    );
-
+    let python = python_with_openai();
     let mock = Mock::start();
-    let gateway = Gateway::start(&config_for(&mock));
+    let gateway = Gateway::start(&client_suite_config_for(&mock));
     let output = Command::new(&python)
         .args(["-m", "unittest", "-v", "test_openai_python"])
         .current_dir(repo_path("tests/clients"))
@@ -37,5 +26,5 @@ fn openai_python_sdk_through_gateway() {
         output.status.success(),
         "Python SDK tests failed:\n{report}"
     );
-    assert!(report.contains("Ran 7 tests"), "{report}");
+    assert!(report.contains("Ran 16 tests"), "{report}");
 }

@@ -561,6 +561,9 @@ impl ApiError {
 /// - `cached-tokens=N`: report min(N, input tokens) as cached input tokens.
 /// - `reasoning-tokens=N`: report N reasoning tokens, which count as output tokens on top of
 ///   the generated deltas.
+/// - `tool-call=NAME`: answer a Responses request, streamed or not, with one call of the
+///   function NAME (see [`TOOL_CALL_ARGUMENTS`]) in place of text, unless the last input item
+///   is a `function_call_output`, which gets text as usual. Usage is that of a text reply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Behavior {
     error: Option<InjectedError>,
@@ -572,6 +575,7 @@ struct Behavior {
     close: bool,
     cached_tokens: u64,
     reasoning_tokens: u64,
+    tool_call: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -656,11 +660,15 @@ impl Behavior {
                 ("reasoning-tokens", Some(argument)) => {
                     self.reasoning_tokens = parse_count(name, argument)?;
                 }
+                ("tool-call", Some(argument)) if !argument.is_empty() => {
+                    self.tool_call = Some(argument.to_string());
+                }
                 _ => {
                     return Err(behavior_error(format!(
                         "Unknown {BEHAVIOR_HEADER} item '{item}'. Expected error-429, \
                          error-500, error-400, slow-first-byte=MS, delay-ms=MS, cut, no-usage, \
-                         incomplete, failed, close, cached-tokens=N or reasoning-tokens=N."
+                         incomplete, failed, close, cached-tokens=N, reasoning-tokens=N or \
+                         tool-call=NAME."
                     )));
                 }
             }
@@ -1190,6 +1198,10 @@ fn responses(
     let usage_total = generation.usage.total_tokens();
     let report_usage = !behavior.no_usage;
 
+    if let Some(name) = tool_call_name(request, behavior) {
+        return Ok(function_call_response(&generation, request, name, behavior));
+    }
+
     if is_stream(request) {
         let events = responses_stream_events(&generation, request, behavior.ending, report_usage);
         // created, in_progress, output_item.added and content_part.added come before deltas.
@@ -1373,6 +1385,80 @@ fn responses_stream_events(
     };
     writer.push(final_event, json!({ "response": finished }));
     writer.events
+}
+
+/// Arguments of every function call that `tool-call=NAME` makes: a command for the Codex CLI's
+/// `exec_command` tool, which prints a fixed line.
+const TOOL_CALL_ARGUMENTS: &str = r#"{"cmd":"echo tool-call-output"}"#;
+
+/// The function a `tool-call=NAME` request should call, or `None` when the request already
+/// returns a call's output, so a client that runs the call gets a text answer next.
+fn tool_call_name<'a>(request: &Value, behavior: &'a Behavior) -> Option<&'a str> {
+    let name = behavior.tool_call.as_deref()?;
+    let last_item = request.get("input")?.as_array()?.last();
+    let answered = last_item.is_some_and(|item| item["type"] == "function_call_output");
+    (!answered).then_some(name)
+}
+
+fn function_call_item(generation: &Generation, name: &str, status: &str, arguments: &str) -> Value {
+    json!({
+        "id": format!("fc_mock{:012}", generation.sequence),
+        "type": "function_call",
+        "status": status,
+        "name": name,
+        "call_id": format!("call_mock{:012}", generation.sequence),
+        "arguments": arguments,
+    })
+}
+
+/// Builds a completed response whose only output is a call of `name`, as JSON or as the SSE
+/// events of a streamed function call. A `cut` stream aborts after `output_item.added`.
+fn function_call_response(
+    generation: &Generation,
+    request: &Value,
+    name: &str,
+    behavior: &Behavior,
+) -> Response<MockBody> {
+    let usage_total = generation.usage.total_tokens();
+    let report_usage = !behavior.no_usage;
+    let completed = ResponseStatus::Completed;
+    let item = function_call_item(generation, name, "completed", TOOL_CALL_ARGUMENTS);
+    let usage = responses_usage(generation, report_usage);
+    let finished = response_object(generation, request, completed, vec![item.clone()], usage);
+    if !is_stream(request) {
+        return json_response_with_usage(&finished, usage_total);
+    }
+
+    let mut writer = ResponsesEventWriter {
+        events: Vec::with_capacity(7),
+        sequence_number: 0,
+    };
+    let in_progress = ResponseStatus::InProgress;
+    let started = response_object(generation, request, in_progress, Vec::new(), Value::Null);
+    writer.push("response.created", json!({ "response": started }));
+    writer.push("response.in_progress", json!({ "response": started }));
+
+    let added = function_call_item(generation, name, "in_progress", "");
+    writer.push(
+        "response.output_item.added",
+        json!({ "output_index": 0, "item": added }),
+    );
+    let item_id = item["id"].clone();
+    writer.push(
+        "response.function_call_arguments.delta",
+        json!({ "item_id": item_id, "output_index": 0, "delta": TOOL_CALL_ARGUMENTS }),
+    );
+    writer.push(
+        "response.function_call_arguments.done",
+        json!({ "item_id": item_id, "output_index": 0, "arguments": TOOL_CALL_ARGUMENTS }),
+    );
+    writer.push(
+        "response.output_item.done",
+        json!({ "output_index": 0, "item": item }),
+    );
+    writer.push("response.completed", json!({ "response": finished }));
+
+    sse_response(writer.events, behavior, 3, usage_total)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1676,6 +1762,59 @@ mod tests {
         assert!(behavior.close);
         assert!(Behavior::default().apply("explode").is_err());
         assert!(Behavior::default().apply("delay-ms=abc").is_err());
+    }
+
+    #[test]
+    fn tool_call_is_made_until_output_returns() {
+        let mut behavior = Behavior::default();
+        behavior.apply("tool-call=exec_command").unwrap();
+        assert!(Behavior::default().apply("tool-call=").is_err());
+
+        let first = json!({"input": [{"type": "message", "role": "user", "content": "hi"}]});
+        assert_eq!(tool_call_name(&first, &behavior), Some("exec_command"));
+        let follow_up = json!({"input": [
+            {"type": "function_call", "call_id": "call_1", "name": "exec_command"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "done"},
+        ]});
+        assert_eq!(tool_call_name(&follow_up, &behavior), None);
+        assert_eq!(tool_call_name(&first, &Behavior::default()), None);
+    }
+
+    #[test]
+    fn function_call_stream_event_order() {
+        let generation = generation(4, Usage::default());
+        let request = json!({"stream": true});
+        let behavior = Behavior::default();
+        let response = function_call_response(&generation, &request, "exec_command", &behavior);
+        let Either::Right(stream) = response.into_body() else {
+            panic!("expected a stream");
+        };
+        let events: Vec<Bytes> = stream.events.collect();
+        let payloads = data_payloads(&events);
+
+        let types: Vec<&str> = payloads
+            .iter()
+            .map(|p| p["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (index, payload) in payloads.iter().enumerate() {
+            assert_eq!(payload["sequence_number"], index as u64);
+        }
+        let item = &payloads[6]["response"]["output"][0];
+        assert_eq!(item["type"], "function_call");
+        assert_eq!(item["name"], "exec_command");
+        assert_eq!(item["arguments"], TOOL_CALL_ARGUMENTS);
     }
 
     #[test]

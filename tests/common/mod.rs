@@ -326,3 +326,89 @@ pub fn sse_data(body: &str) -> Vec<Value> {
         .map(|data| serde_json::from_str(data).expect("SSE data is JSON"))
         .collect()
 }
+
+/// Values of header `name` in a request recorded by the mock, in order.
+pub fn recorded_header<'a>(request: &'a Value, name: &str) -> Vec<&'a str> {
+    request["headers"]
+        .as_array()
+        .expect("headers list")
+        .iter()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .filter_map(|pair| pair[1].as_str())
+        .collect()
+}
+
+/// The gateway address that the snippets in docs/ use, replaced by the test
+/// gateway's address before a snippet runs.
+pub const DOCS_GATEWAY_ADDR: &str = "127.0.0.1:2000";
+
+/// Returns the fenced code blocks of the Markdown file `relative` whose info
+/// string is exactly `language`, in the order they appear.
+pub fn doc_snippets(relative: &str, language: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_path(relative))
+        .unwrap_or_else(|e| panic!("failed to read {relative}: {e}"));
+    let mut snippets = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match current.as_mut() {
+            None if line == format!("```{language}") => current = Some(String::new()),
+            None => {}
+            Some(_) if line == "```" => snippets.extend(current.take()),
+            Some(snippet) => {
+                snippet.push_str(line);
+                snippet.push('\n');
+            }
+        }
+    }
+    assert!(
+        current.is_none(),
+        "{relative}: unclosed ```{language} block"
+    );
+    snippets
+}
+
+/// Path of a file of the npm packages installed in tests/clients/node_modules
+/// by scripts/test.sh (`npm ci`); panics with the fix when it is missing.
+pub fn node_module(relative: &str) -> PathBuf {
+    let path = repo_path("tests/clients/node_modules").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh, which installs the Node clients with \
+         `npm ci` in tests/clients",
+        path.display()
+    );
+    path
+}
+
+/// Returns the configuration of the SDK suites in tests/clients:
+/// `config_for(mock)` plus a model allow-list and an input limit, which their
+/// policy cases exceed with the model `o3` and a prompt of over 8,000 tokens.
+pub fn client_suite_config_for(mock: &Mock) -> String {
+    format!(
+        "{}\npolicies:\n  models: [gpt-4o-mini, \"gpt-5*\", text-embedding-3-small]\n  \
+         max_input_tokens: 8000\n",
+        config_for(mock)
+    )
+}
+
+/// Finds the Python interpreter of the SDK tests: `$TOLLGATE_TEST_PYTHON`, which
+/// scripts/test.sh points at its virtualenv, else `python3`. Panics with the
+/// fix when that interpreter cannot import the `openai` package.
+pub fn python_with_openai() -> String {
+    let python = std::env::var("TOLLGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {python}: {e}"));
+    assert!(
+        probe.status.success(),
+        "the openai package is missing for {python}: run scripts/test.sh, which installs it \
+         into target/python-venv ({})",
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
+    python
+}

@@ -3,7 +3,7 @@
 # on to cargo test.
 #
 # Installs what the tests need when it is missing: the Debian packages cmake
-# (and gcc, python3, python3-venv, nodejs, npm) through apt-get when run as
+# (and gcc, python3, python3-venv, nodejs, npm, openssl) through apt-get when run as
 # root, a Python virtualenv in target/python-venv with
 # tests/clients/requirements.txt, and the Node clients of
 # tests/clients/package-lock.json (the OpenAI Node SDK and the Codex CLI)
@@ -46,6 +46,7 @@ command -v cc >/dev/null || missing+=(gcc)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]} > 0)); then
     apt_install "${missing[@]}"
 fi

@@ -4,7 +4,8 @@
 # foreground until Ctrl-C, which stops them.
 #
 # Needs a Rust toolchain, cmake, a C compiler and curl. Listens on
-# 127.0.0.1:8081 (mock) and 127.0.0.1:2000 (gateway, from conf/tollgate.yaml).
+# 127.0.0.1:8081 (mock), and on 127.0.0.1:2000 and 127.0.0.1:9464 (gateway
+# and its admin listener, from conf/tollgate.yaml).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ MOCK_HOST=127.0.0.1
 MOCK_PORT=8081
 GATEWAY_HOST=127.0.0.1
 GATEWAY_PORT=2000
+# admin_listen in the config: /metrics, /healthz, /readyz, /admin/usage.
+ADMIN_PORT=9464
 CONFIG=conf/tollgate.yaml
 LOG_DIR=target/quickstart
 # Seconds each process gets to accept connections after it starts.
@@ -43,7 +46,7 @@ port_open() {
     timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
 }
 
-for address in "$MOCK_HOST:$MOCK_PORT" "$GATEWAY_HOST:$GATEWAY_PORT"; do
+for address in "$MOCK_HOST:$MOCK_PORT" "$GATEWAY_HOST:$GATEWAY_PORT" "$GATEWAY_HOST:$ADMIN_PORT"; do
     if port_open "${address%:*}" "${address#*:}"; then
         fail "port $address is already in use, perhaps by an earlier quickstart: stop that process (\`ss -ltnp 'sport = :${address#*:}'\` shows it) and run this script again"
     fi
@@ -139,6 +142,7 @@ tollgate is listening on $GATEWAY_URL in front of the mock upstream on http://$M
 Users from $CONFIG: alice (alice-key, 100000 tokens an hour), bob (bob-key, 20000), ci (ci-key, unlimited).
 Try for example:
   curl $GATEWAY_URL/v1/models -H "Authorization: Bearer bob-key"
+  curl http://$GATEWAY_HOST:$ADMIN_PORT/metrics
 The gateway's log, one JSON line per request, follows below.
 Press Ctrl-C to stop both processes.
 

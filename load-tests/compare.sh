@@ -148,6 +148,13 @@ run_oha() {
         -d "$BODY" "$url" >"$report"
 }
 
+# CPU time (user + system) that process PID has used, in clock ticks.
+cpu_ticks() {
+    # Fields 14 and 15 of /proc/PID/stat; the process names here have no
+    # spaces, so plain field splitting is safe.
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
 for target in direct gateway; do
     if [[ $target == direct ]]; then
         url="http://$HOST:$MOCK_PORT/v1/chat/completions"
@@ -156,10 +163,12 @@ for target in direct gateway; do
     fi
     echo "==> $target: $url, warm-up $WARMUP, then $DURATION at concurrency $CONCURRENCY"
     run_oha "$url" "$WARMUP" "$OUT_DIR/$target-warmup.json"
+    gateway_ticks_before=$(cpu_ticks "$GATEWAY_PID")
     run_oha "$url" "$DURATION" "$OUT_DIR/$target.json"
+    gateway_ticks=$(($(cpu_ticks "$GATEWAY_PID") - gateway_ticks_before))
 done
 
-python3 - "$OUT_DIR/direct.json" "$OUT_DIR/gateway.json" <<'EOF'
+python3 - "$OUT_DIR/direct.json" "$OUT_DIR/gateway.json" "$gateway_ticks" "$(getconf CLK_TCK)" <<'EOF'
 import json
 import sys
 
@@ -196,4 +205,10 @@ print("ratio gateway/direct:")
 print(f"  requests/s   {gateway['rps'] / direct['rps']:.2f}")
 for key in ("p50", "p90", "p99"):
     print(f"  {key + ' latency':<12} {gateway[key] / direct[key]:.2f}")
+gateway_cpu_seconds = int(sys.argv[3]) / int(sys.argv[4])
+print()
+print(
+    f"gateway CPU time in the measured run: {gateway_cpu_seconds:.2f} s, "
+    f"{gateway_cpu_seconds / gateway['requests'] * 1e6:.0f} us per request"
+)
 EOF

@@ -71,8 +71,9 @@ impl RequestLimits {
     }
 
     /// Applies the user's `requests_per_minute` and
-    /// `max_concurrent_requests`. Only admitted requests are counted, and
-    /// the returned slot must live as long as the request.
+    /// `max_concurrent_requests`, before the body is read. A request this
+    /// rejects is not counted; one a policy rejects later still is. The
+    /// returned slot must live as long as the request.
     pub fn admit(
         &self,
         user: UserId,

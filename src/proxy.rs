@@ -368,6 +368,10 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        // The provider's own id stays available for its support requests.
+        if let Some(provider_id) = upstream_response.remove_header("x-request-id") {
+            upstream_response.insert_header("x-upstream-request-id", provider_id)?;
+        }
         upstream_response.insert_header("x-request-id", &ctx.request_id)?;
         if let Some(budget) = &ctx.budget {
             let reset = budget.window.seconds_until_end(SystemTime::now());
@@ -413,10 +417,11 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        if ctx
+        // The last chunk is delivered even when late: the exchange is done.
+        let late = ctx
             .deadline
-            .is_some_and(|deadline| Instant::now() > deadline)
-        {
+            .is_some_and(|deadline| Instant::now() > deadline);
+        if late && !end_of_stream {
             return Error::e_explain(
                 ErrorType::ReadTimedout,
                 format!(

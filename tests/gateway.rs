@@ -187,7 +187,13 @@ fn chat_json_usage_is_charged() {
 
     let response = post_chat(&gateway, "bob-key", &chat_body(false));
     assert_eq!(response.status(), 200);
-    assert!(response.headers().contains_key("x-request-id"));
+    let request_id = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(request_id.starts_with("req_"), "{request_id}");
+    assert_ne!(request_id, "req_mock_upstream");
+    assert_eq!(
+        response.headers()["x-upstream-request-id"],
+        "req_mock_upstream"
+    );
     assert_eq!(response.headers()["x-ratelimit-limit-tokens"], "100000");
     let body: Value = response.json().unwrap();
     let total = body["usage"]["total_tokens"].as_u64().unwrap();
@@ -688,4 +694,42 @@ fn hash_key_matches_digest_lookup() {
         String::from_utf8_lossy(&output.stdout).trim(),
         "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
     );
+}
+
+#[test]
+fn request_deadline_cuts_long_streams_only() {
+    let mock = Mock::start();
+    let config = config_for(&mock).replace("request_timeout: 30s", "request_timeout: 1s");
+    let gateway = Gateway::start(&config);
+
+    // A whole JSON body that arrives after the deadline is still delivered.
+    let late = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth("bob-key")
+        .header("x-mock-behavior", "slow-first-byte=1500")
+        .json(&chat_body(false))
+        .send()
+        .unwrap();
+    assert_eq!(late.status(), 200);
+    let body: Value = late.json().unwrap();
+    let reported = body["usage"]["total_tokens"].as_u64().unwrap();
+    assert_eq!(gateway.settled_usage("bob-key")["tokens_used"], reported);
+
+    // A stream still running at the deadline is cut and charged an estimate.
+    let stream = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth("bob-key")
+        .header("x-mock-behavior", "delay-ms=300")
+        .json(&chat_body(true))
+        .send()
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let text = stream.text().unwrap_or_default();
+    assert!(
+        !text.contains("[DONE]"),
+        "the stream outlived the deadline: {text}"
+    );
+    let usage = gateway.settled_usage("bob-key");
+    assert!(usage["tokens_used"].as_u64().unwrap() > reported);
+    assert_eq!(usage["tokens_reserved"], 0);
 }

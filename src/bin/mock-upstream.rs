@@ -430,9 +430,13 @@ fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
 
 fn json_response_with_usage(value: &Value, usage_total: u64) -> Response<MockBody> {
     let mut response = json_response(StatusCode::OK, value);
-    response
-        .headers_mut()
-        .insert(USAGE_TOTAL_HEADER, HeaderValue::from(usage_total));
+    let headers = response.headers_mut();
+    headers.insert(USAGE_TOTAL_HEADER, HeaderValue::from(usage_total));
+    // The real API names each response with its own request id.
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_static("req_mock_upstream"),
+    );
     response
 }
 

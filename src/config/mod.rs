@@ -182,11 +182,12 @@ pub struct ServerSettings {
     pub pid_file: String,
     pub upgrade_sock: String,
     pub error_log: Option<String>,
-    /// Time between SIGTERM and the start of the shutdown, during which the
-    /// listeners stay open.
+    /// Time in-flight requests get to finish after SIGTERM. The listeners
+    /// stop accepting at once, the process always waits this long, and
+    /// requests still running afterwards are cut.
     pub grace_period: Duration,
-    /// Time the runtimes get to finish in-flight requests after the grace
-    /// period.
+    /// Time the runtimes get to stop after the grace period, for work that
+    /// is not a request, such as a final write of state.
     pub graceful_shutdown_timeout: Duration,
 }
 
@@ -429,8 +430,15 @@ fn deserialize_with_path<T: serde::de::DeserializeOwned>(text: &str) -> Result<T
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
-        // serde_yaml names the path itself for some errors.
-        if path == "." || message.starts_with(&path) {
+        // serde_yaml starts some messages with the path of the enclosing
+        // map; the full path replaces it.
+        let message = match message.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => {
+                rest.to_string()
+            }
+            _ => message,
+        };
+        if path == "." {
             message
         } else {
             format!("{path}: {message}")

@@ -167,8 +167,11 @@ fn membrane_unknown_key_names_path() {
         .replace("<<Replace with your API_KEY>>", "sk-real")
         .replace("limitResetPeriod", "limitResetPeriode");
     let error = parse(&text).unwrap_err();
-    assert!(error.contains("simpleStore"), "{error}");
-    assert!(error.contains("limitResetPeriode"), "{error}");
+    assert!(
+        error.starts_with("api.flow[0].llmGateway.simpleStore.limitResetPeriode: unknown field"),
+        "{error}"
+    );
+    assert_eq!(error.matches("api.flow").count(), 1, "{error}");
 }
 
 #[test]

@@ -93,19 +93,31 @@ enum Text<'a> {
     InlineData,
 }
 
+/// Keys whose `data:` URL values are inline images or files.
+const INLINE_DATA_KEYS: &[&str] = &["url", "image_url", "file_data"];
+
 fn visit_text<'a>(value: &'a Value, visit: &mut impl FnMut(Text<'a>)) {
+    visit_value(value, None, visit);
+}
+
+/// `key` is the key `value` sits under, if it is an object member.
+fn visit_value<'a>(value: &'a Value, key: Option<&str>, visit: &mut impl FnMut(Text<'a>)) {
     match value {
-        Value::String(text) if text.starts_with("data:") => visit(Text::InlineData),
+        Value::String(text)
+            if text.starts_with("data:") && key.is_some_and(|k| INLINE_DATA_KEYS.contains(&k)) =>
+        {
+            visit(Text::InlineData)
+        }
         Value::String(text) => visit(Text::Plain(text)),
         Value::Array(items) => {
             for item in items {
-                visit_text(item, visit);
+                visit_value(item, None, visit);
             }
         }
         Value::Object(map) => {
             for (key, item) in map {
                 if !NON_TEXT_KEYS.contains(&key.as_str()) {
-                    visit_text(item, visit);
+                    visit_value(item, Some(key), visit);
                 }
             }
         }
@@ -150,6 +162,19 @@ mod tests {
             ]}]
         });
         assert_eq!(input_tokens(&body), INLINE_DATA_TOKENS + 4);
+    }
+
+    #[test]
+    fn data_prefix_in_text_is_counted_as_text() {
+        let text = format!("data:{}", "word ".repeat(1000));
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        assert!(input_tokens(&body) > 1_200);
+        assert!(exact_input_tokens(&body) > 1_000);
+
+        let image = json!({"model": "m", "input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": format!("data:image/png;base64,{}", "A".repeat(9000))}
+        ]}]});
+        assert_eq!(input_tokens(&image), INLINE_DATA_TOKENS + 4);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::config::{Config, User};
 use crate::errors::{rate_limit_headers, GatewayError};
 use crate::keys::{self, KeyRing, UserId};
 use crate::limits::{InFlightSlot, RequestLimits};
-use crate::metering::{self, Charge, ResponseMeter};
+use crate::metering::{self, Charge, Exchange, ResponseMeter};
 use crate::metrics::{self, RequestRecord};
 use crate::request::{self, InspectedRequest};
 use crate::upstream::UpstreamTarget;
@@ -66,6 +66,8 @@ pub struct RequestCtx {
     user: Option<UserId>,
     request: Option<InspectedRequest>,
     reservation: Option<Reservation>,
+    /// Whether the whole request body was handed to the upstream.
+    request_sent: bool,
     /// The user's concurrent-request slot, released when the context drops.
     in_flight: Option<InFlightSlot>,
     /// The user's budget right after admission, for the rate-limit headers.
@@ -166,7 +168,8 @@ impl Gateway {
             input_tokens: inspected.input_tokens,
             max_output_tokens: inspected
                 .max_output_tokens
-                .unwrap_or(self.config.budgets.default_max_output_tokens),
+                .unwrap_or(self.config.budgets.default_max_output_tokens)
+                .saturating_mul(inspected.choices),
         };
         ctx.request = Some(inspected);
 
@@ -217,11 +220,18 @@ impl Gateway {
         }
     }
 
-    /// Settles the reservation with what the exchange cost.
-    async fn settle(&self, ctx: &mut RequestCtx) -> Option<Charge> {
+    /// Settles the reservation with what the exchange cost; `error` is the
+    /// failure that ended it, if any.
+    async fn settle(&self, ctx: &mut RequestCtx, error: Option<&Error>) -> Option<Charge> {
         let reservation = ctx.reservation.take()?;
-        let input_estimate = ctx.request.as_ref().map_or(0, |r| r.input_tokens);
-        let charge = metering::settle_charge(ctx.upstream_status, input_estimate, &mut ctx.meter);
+        let exchange = Exchange {
+            upstream_status: ctx.upstream_status,
+            input_estimate: ctx.request.as_ref().map_or(0, |r| r.input_tokens),
+            reserved: reservation.tokens,
+            request_sent: ctx.request_sent,
+            client_gone: error.is_some_and(|e| e.esource() == &ErrorSource::Downstream),
+        };
+        let charge = metering::settle_charge(exchange, &mut ctx.meter);
         let tokens = charge.map_or(0, |c| c.tokens);
         let budget = self.budget_of(reservation.user);
         self.store
@@ -243,6 +253,7 @@ impl ProxyHttp for Gateway {
             user: None,
             request: None,
             reservation: None,
+            request_sent: false,
             in_flight: None,
             budget: None,
             upstream_status: None,
@@ -307,6 +318,11 @@ impl ProxyHttp for Gateway {
         upstream_request.insert_header("host", self.upstream.url.host_header())?;
         // Usage is read from the body, so it must arrive uncompressed.
         upstream_request.insert_header("accept-encoding", "identity")?;
+        // A protocol upgrade would turn the exchange into a tunnel that is
+        // neither metered nor checked.
+        upstream_request.remove_header("upgrade");
+        upstream_request.remove_header("connection");
+        upstream_request.remove_header("expect");
 
         let uri = &session.req_header().uri;
         let mut path = format!("{}{}", self.upstream.url.base_path, uri.path());
@@ -341,6 +357,7 @@ impl ProxyHttp for Gateway {
                 Bytes::new()
             });
         }
+        ctx.request_sent |= end_of_stream;
         Ok(())
     }
 
@@ -355,13 +372,22 @@ impl ProxyHttp for Gateway {
 
         if let (Some(route), Some(request)) = (ctx.route, &ctx.request) {
             if (200..300).contains(&status) {
-                let event_stream = upstream_response
-                    .headers
-                    .get("content-type")
-                    .and_then(|value| value.to_str().ok())
+                let header = |name| {
+                    upstream_response
+                        .headers
+                        .get(name)
+                        .and_then(|value: &http::HeaderValue| value.to_str().ok())
+                        .map(str::to_ascii_lowercase)
+                };
+                let event_stream = header("content-type")
                     .is_some_and(|value| value.starts_with("text/event-stream"));
-                let strip = event_stream && request.strip_usage_chunk;
-                ctx.meter = ResponseMeter::for_response(route, event_stream, strip);
+                let encoded = header("content-encoding").is_some_and(|value| value != "identity");
+                let strip = event_stream && request.strip_usage_chunk && !encoded;
+                ctx.meter = if encoded {
+                    ResponseMeter::Unreadable
+                } else {
+                    ResponseMeter::for_response(route, event_stream, strip)
+                };
                 if strip {
                     upstream_response.remove_header("content-length");
                 }
@@ -394,7 +420,7 @@ impl ProxyHttp for Gateway {
         }
 
         match &mut ctx.meter {
-            ResponseMeter::Off => {}
+            ResponseMeter::Off | ResponseMeter::Unreadable => {}
             ResponseMeter::Json(scanner) => {
                 if let Some(chunk) = body.as_ref() {
                     scanner.push(chunk);
@@ -508,7 +534,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let charge = self.settle(ctx).await;
+        let charge = self.settle(ctx, e).await;
         if let Some(kind) = ctx.upstream_status.and_then(metrics::upstream_status_error) {
             metrics::record_upstream_error(kind);
         }

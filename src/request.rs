@@ -15,8 +15,12 @@ use crate::policy::{self, Policies};
 pub struct InspectedRequest {
     pub model: String,
     pub stream: bool,
-    /// The largest max output field of the forwarded body, if any.
+    /// The largest max output field of the forwarded body, if any; it
+    /// applies to each choice.
     pub max_output_tokens: Option<u64>,
+    /// Choices the upstream generates: the largest of `n` and `best_of`, 1
+    /// when neither is set.
+    pub choices: u64,
     /// Input tokens: counted exactly when a `max_input_tokens` check needed
     /// the tokenizer, else estimated.
     pub input_tokens: u64,
@@ -53,9 +57,11 @@ pub fn inspect(
     };
 
     // Validate the fields the gateway reads.
+    reject_duplicate_keys(&body)?;
     let model = read_model(object)?;
     let stream = read_stream(object)?;
     read_max_output(route, object)?;
+    let choices = read_choices(route, object)?;
 
     // Apply the policies that decide or rewrite.
     policy::check_model(policies, &model)?;
@@ -94,6 +100,7 @@ pub fn inspect(
         model,
         stream,
         max_output_tokens,
+        choices,
         input_tokens,
         strip_usage_chunk,
         body,
@@ -112,6 +119,78 @@ fn read_model(object: &Map<String, Value>) -> Result<String, GatewayError> {
             Some("model"),
         )),
     }
+}
+
+/// The number of choices generated: `n` (Chat Completions and Completions)
+/// and `best_of` (Completions), each a positive integer.
+fn read_choices(route: Route, object: &Map<String, Value>) -> Result<u64, GatewayError> {
+    let fields: &[&str] = match route {
+        Route::ChatCompletions => &["n"],
+        Route::Completions => &["n", "best_of"],
+        _ => &[],
+    };
+    let mut choices = 1;
+    for field in fields {
+        let value = match object.get(*field) {
+            None | Some(Value::Null) => continue,
+            Some(value) => value,
+        };
+        let count = value.as_u64().filter(|&count| count > 0).ok_or_else(|| {
+            invalid(
+                format!("'{field}' must be a positive integer, got {value}."),
+                Some(field),
+            )
+        })?;
+        choices = choices.max(count);
+    }
+    Ok(choices)
+}
+
+/// Rejects a repeated top-level key. The gateway reads the last copy of a
+/// key and forwards the body as sent, so a provider that reads the first
+/// copy could see another `model` or max output than the one checked.
+fn reject_duplicate_keys(body: &[u8]) -> Result<(), GatewayError> {
+    struct TopLevelKeys;
+
+    impl<'de> serde::Deserialize<'de> for TopLevelKeys {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(TopLevelKeys)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for TopLevelKeys {
+        type Value = TopLevelKeys;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("duplicate key '{key}'")));
+                }
+            }
+            Ok(TopLevelKeys)
+        }
+    }
+
+    serde_json::from_slice::<TopLevelKeys>(body)
+        .map(|_| ())
+        .map_err(|e| {
+            let message = e.to_string();
+            let key = message
+                .split('\'')
+                .nth(1)
+                .filter(|_| message.starts_with("duplicate key"))
+                .map(str::to_string);
+            invalid(
+                format!("The request body repeats a key: {message}. Send each key once."),
+                key.as_deref(),
+            )
+        })
 }
 
 fn read_stream(object: &Map<String, Value>) -> Result<bool, GatewayError> {
@@ -385,5 +464,28 @@ mod tests {
         assert_eq!(forwarded["messages"][0]["content"], "Gateway rules.");
         assert_eq!(forwarded["messages"].as_array().unwrap().len(), 2);
         assert!(!inspected.strip_usage_chunk);
+    }
+
+    #[test]
+    fn duplicate_top_level_keys_are_rejected() {
+        let text = r#"{"model":"gpt-4o","model":"gpt-4o-mini","messages":[]}"#;
+        let error = inspect_json(Route::ChatCompletions, text).unwrap_err();
+        assert_eq!(param_of(error).as_deref(), Some("model"));
+
+        let nested = r#"{"model":"m","metadata":{"a":1,"b":2},"messages":[]}"#;
+        assert!(inspect_json(Route::ChatCompletions, nested).is_ok());
+    }
+
+    #[test]
+    fn choices_come_from_n_and_best_of() {
+        let chat = inspect_json(Route::ChatCompletions, r#"{"model":"m","n":4}"#).unwrap();
+        assert_eq!(chat.choices, 4);
+        let legacy =
+            inspect_json(Route::Completions, r#"{"model":"m","n":2,"best_of":5}"#).unwrap();
+        assert_eq!(legacy.choices, 5);
+        let responses = inspect_json(Route::Responses, r#"{"model":"m","n":9}"#).unwrap();
+        assert_eq!(responses.choices, 1);
+        let error = inspect_json(Route::ChatCompletions, r#"{"model":"m","n":0}"#).unwrap_err();
+        assert_eq!(param_of(error).as_deref(), Some("n"));
     }
 }

@@ -9,8 +9,11 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-/// Default maximum size of one event in bytes (1 MiB), see [`SseParser::with_max_event_bytes`].
-pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// Default maximum size of one event in bytes (8 MiB), see
+/// [`SseParser::with_max_event_bytes`]. A Responses `response.completed` event
+/// carries the whole response, instructions and tools included, so it can
+/// pass 1 MiB; its usage is lost if it passes this cap.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 

@@ -344,3 +344,75 @@ fn disconnect_after_terminal_event_charges_exact_usage() {
     assert!(!mock.requests()[0].to_string().contains("bob-key"));
     assert!(mock.requests()[0].to_string().contains(PROVIDER_KEY));
 }
+
+#[test]
+fn client_gone_before_answer_is_charged_reservation() {
+    let mock = Mock::start();
+    let gateway = Gateway::start(&config_for(&mock));
+    let body = json!({"model": "m", "max_completion_tokens": 60,
+                      "messages": [{"role": "user", "content": "abcd".repeat(100)}]});
+
+    let reader = raw_stream_request(
+        &gateway,
+        "/v1/chat/completions",
+        &body,
+        "slow-first-byte=1500",
+    );
+    // Wait until the request reached the upstream, then leave.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while mock.request_count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the mock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(reader);
+
+    // The provider goes on generating, so the whole reservation is charged:
+    // the input estimate (100 + 4) plus the 60 output tokens asked for.
+    let usage = gateway.settled_usage("bob-key");
+    assert_eq!(usage["tokens_used"], 164);
+    assert_eq!(usage["tokens_reserved"], 0);
+}
+
+#[test]
+fn json_without_usage_is_charged_reservation() {
+    let mock = Mock::start();
+    let gateway = Gateway::start(&config_for(&mock));
+    let body = json!({"model": "m", "max_completion_tokens": 500,
+                      "messages": [{"role": "user", "content": "abcd".repeat(10)}]});
+
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth("bob-key")
+        .header("x-mock-behavior", "no-usage")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().unwrap();
+    assert!(answer.get("usage").is_none_or(Value::is_null), "{answer}");
+
+    // Input estimate 10 + 4, plus the 500 output tokens the request allowed.
+    let usage = gateway.settled_usage("bob-key");
+    assert_eq!(usage["tokens_used"], 514);
+}
+
+#[test]
+fn choices_multiply_the_reservation() {
+    let mock = Mock::start();
+    let gateway = Gateway::start(&config_for(&mock));
+    let body = json!({"model": "m", "n": 4, "max_completion_tokens": 50,
+                      "messages": [{"role": "user", "content": "abcd".repeat(10)}]});
+
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth("bob-key")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // After admission: 100,000 less the input estimate (14) and 4 x 50.
+    assert_eq!(response.headers()["x-ratelimit-remaining-tokens"], "99786");
+}

@@ -733,3 +733,45 @@ fn request_deadline_cuts_long_streams_only() {
     assert!(usage["tokens_used"].as_u64().unwrap() > reported);
     assert_eq!(usage["tokens_reserved"], 0);
 }
+
+#[test]
+fn duplicate_keys_are_400_and_not_forwarded() {
+    let mock = Mock::start();
+    let gateway = Gateway::start(&config_for(&mock));
+
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth("bob-key")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-4o","model":"gpt-4o-mini","messages":[]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["error"]["param"], "model");
+    assert_eq!(mock.request_count(), 0);
+}
+
+#[test]
+fn upgrade_headers_do_not_reach_upstream() {
+    let mock = Mock::start();
+    let gateway = Gateway::start(&config_for(&mock));
+
+    let response = client()
+        .post(gateway.url("/v1/responses"))
+        .bearer_auth("bob-key")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .json(&json!({"model": "m", "input": "hi"}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let forwarded = &mock.requests()[0];
+    assert!(header(forwarded, "upgrade").is_empty(), "{forwarded}");
+    assert!(
+        header(forwarded, "connection")
+            .iter()
+            .all(|value| !value.to_ascii_lowercase().contains("upgrade")),
+        "{forwarded}"
+    );
+}

@@ -271,6 +271,7 @@ fn user_from_file(
             if key.is_empty() {
                 return Err(format!("{key_path}: the key is empty"));
             }
+            super::values::check_key_characters(&key, &key_path)?;
             KeyDigest::of(&key)
         }
         (None, Some(hex)) => KeyDigest::from_hex(hex).map_err(|e| {

@@ -173,6 +173,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
             if key.is_empty() {
                 return Err(format!("{key_path}: the key is empty"));
             }
+            values::check_key_characters(&key, &key_path)?;
             Ok(User {
                 name: user.name.clone(),
                 key_digest: KeyDigest::of(&key),

@@ -176,6 +176,18 @@ pub fn reject_placeholder(value: &str, key_path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Rejects an internal key that an HTTP header cannot carry as it is:
+/// anything but printable ASCII without spaces.
+pub fn check_key_characters(key: &str, key_path: &str) -> Result<(), String> {
+    if key.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(format!(
+        "{key_path}: the key contains spaces, control characters or non-ASCII characters, \
+         which clients cannot send in an HTTP header; use printable ASCII only"
+    ))
+}
+
 /// Reads a secret from a file, for `*_file` settings and systemd credentials.
 /// Surrounding whitespace, such as a trailing newline, is removed.
 pub fn read_secret_file(path: &str, key_path: &str) -> Result<String, String> {
@@ -242,6 +254,15 @@ mod tests {
         let error = reject_placeholder("<<Replace with your API_KEY>>", "apiKey").unwrap_err();
         assert!(error.contains("apiKey still contains the placeholder"));
         assert!(reject_placeholder("sk-real", "apiKey").is_ok());
+    }
+
+    #[test]
+    fn key_characters_must_fit_a_header() {
+        assert!(check_key_characters("sk-abc_123.XYZ", "k").is_ok());
+        for key in ["schlüssel", "two words", "tab\tkey"] {
+            let error = check_key_characters(key, "users[0].api_key").unwrap_err();
+            assert!(error.starts_with("users[0].api_key"), "{error}");
+        }
     }
 
     #[test]

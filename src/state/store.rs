@@ -247,8 +247,8 @@ impl BackgroundService for StateWriter {
     }
 }
 
-/// The writer thread: one flush per interval until stopped, then a last
-/// flush and a checkpoint.
+/// Runs the writer thread: one flush per interval until stopped, then a
+/// last flush and a checkpoint.
 fn write_until_stopped(control: &Control) {
     let mut writer = Writer::new(&control.path, control.shared.clone());
     loop {
@@ -265,5 +265,85 @@ fn write_until_stopped(control: &Control) {
             writer.finish();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOURLY: UserBudget = UserBudget {
+        limit: Some(10_000),
+        period: Duration::from_secs(3_600),
+    };
+
+    fn users() -> Vec<User> {
+        let config = "upstream: {url: 'http://127.0.0.1:9', api_key: k}\n\
+                      users: [{name: alice, api_key: alice-key}]";
+        crate::config::Config::parse(config)
+            .expect("test config")
+            .0
+            .users
+    }
+
+    async fn charge(store: &SqliteStore, tokens: u64, now: SystemTime) {
+        let request = ReserveRequest {
+            input_tokens: 1,
+            max_output_tokens: 10,
+        };
+        let Admission::Admitted(reservation, _) = store.reserve(0, HOURLY, request, now).await
+        else {
+            panic!("expected admission");
+        };
+        store.settle(reservation, HOURLY, tokens, now).await;
+    }
+
+    #[tokio::test]
+    async fn two_processes_see_each_others_charges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let now = SystemTime::now();
+        let (old, old_writer) = SqliteStore::open(path.clone(), HOURLY.period, &users(), now)
+            .expect("open the first store");
+        charge(&old, 100, now).await;
+        let mut old_flush = Writer::new(&path, old_writer.control.shared.clone());
+        old_flush.flush();
+
+        // The second store starts from what the first one wrote.
+        let (new, new_writer) =
+            SqliteStore::open(path.clone(), HOURLY.period, &users(), now).expect("open again");
+        assert_eq!(new.status(0, HOURLY, now).await.used, 100);
+
+        charge(&old, 20, now).await;
+        charge(&new, 3, now).await;
+        let mut new_flush = Writer::new(&path, new_writer.control.shared.clone());
+        new_flush.flush();
+        assert_eq!(new.status(0, HOURLY, now).await.used, 103);
+        old_flush.flush();
+        assert_eq!(old.status(0, HOURLY, now).await.used, 123);
+        new_flush.flush();
+        assert_eq!(new.status(0, HOURLY, now).await.used, 123);
+    }
+
+    #[tokio::test]
+    async fn unwritten_charges_stay_in_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let now = SystemTime::now();
+        let (store, writer) =
+            SqliteStore::open(path.clone(), HOURLY.period, &users(), now).unwrap();
+        let mut flush = Writer::new(&path, writer.control.shared.clone());
+
+        charge(&store, 40, now).await;
+        flush.flush();
+        // Queued after the flush took the queue: counted, not yet stored.
+        charge(&store, 2, now).await;
+        flush.flush();
+        charge(&store, 5, now).await;
+        assert_eq!(store.status(0, HOURLY, now).await.used, 47);
+
+        writer.shutdown();
+        let (reopened, _) = SqliteStore::open(path, HOURLY.period, &users(), now).unwrap();
+        assert_eq!(reopened.status(0, HOURLY, now).await.used, 47);
     }
 }

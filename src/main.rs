@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tollgate::config::Config;
+use tollgate::config::{Config, StateSettings};
 use tollgate::keys::KeyDigest;
 use tollgate::server::{self, RunFlags};
 use tollgate::state::report;
@@ -85,15 +85,8 @@ fn main() -> ExitCode {
         return hash_key(key);
     }
 
-    let (config, format) = match Config::load(&cli.conf) {
-        Ok(loaded) => loaded,
-        Err(message) => {
-            eprintln!("tollgate: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(Command::Usage(args)) = cli.command {
-        return match print_usage(&config, &args) {
+    if let Some(Command::Usage(args)) = &cli.command {
+        return match print_usage(&cli.conf, args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("tollgate: {message}");
@@ -101,6 +94,14 @@ fn main() -> ExitCode {
             }
         };
     }
+
+    let (config, format) = match Config::load(&cli.conf) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     if cli.test {
         println!(
             "tollgate: the configuration file {} ({:?} format, {} users) is valid",
@@ -148,7 +149,8 @@ fn hash_key(key: Option<String>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn print_usage(config: &Config, args: &UsageArgs) -> Result<(), String> {
+fn print_usage(conf: &std::path::Path, args: &UsageArgs) -> Result<(), String> {
+    let state = StateSettings::load(conf)?;
     let now = std::time::SystemTime::now();
     let query = report::ReportQuery {
         since_ms: report::parse_time(&args.since, "--since", now)?,
@@ -158,7 +160,7 @@ fn print_usage(config: &Config, args: &UsageArgs) -> Result<(), String> {
         },
         group_by: args.by.clone(),
     };
-    let rows = report::run(config, &query)?;
+    let rows = report::run(&state, &query)?;
     print!("{}", report::render(&rows, &query.group_by, args.format));
     Ok(())
 }

@@ -217,6 +217,26 @@ fn usage_report_while_gateway_runs() {
     )
     .unwrap();
     assert_eq!(future.trim(), "[]");
+    // The report needs the state section only, not the provider key.
+    let dir = gateway.dir();
+    let config = std::fs::read_to_string(dir.path().join("tollgate.yaml")).unwrap();
+    let keyless = dir.path().join("keyless.yaml");
+    std::fs::write(
+        &keyless,
+        config.replace(common::PROVIDER_KEY, "${TOLLGATE_TEST_UNSET_KEY}"),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("-c")
+        .arg(&keyless)
+        .args(["usage", "--by", "user", "--format", "csv"])
+        .env("STATE_DIRECTORY", dir.path())
+        .env_remove("TOLLGATE_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), csv);
+
     let error = usage_report(&gateway, &["--since", "last week"]).unwrap_err();
     assert!(
         error.contains("--since: invalid time \"last week\""),

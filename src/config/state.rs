@@ -1,6 +1,6 @@
 //! The `state:` section: where budget counters and the usage log are kept.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -103,6 +103,32 @@ impl StateFile {
             store,
             flush_interval,
         })
+    }
+}
+
+impl StateSettings {
+    /// Reads only the `state:` settings of a configuration file of either
+    /// format, for tools such as `tollgate usage` that need the database but
+    /// not the provider key the rest of the file may take from systemd
+    /// credentials.
+    pub fn load(path: &Path) -> Result<StateSettings, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
+        let top: serde_yaml::Value = serde_yaml::from_str(&text)
+            .map_err(|e| format!("{}: invalid YAML: {e}", path.display()))?;
+        let section = top
+            .as_mapping()
+            .and_then(|map| map.get("state"))
+            .cloned()
+            .unwrap_or_default();
+        let file: StateFile = if section.is_null() {
+            StateFile::default()
+        } else {
+            serde_yaml::from_value(section)
+                .map_err(|e| format!("{}: state: {e}", path.display()))?
+        };
+        file.into_settings()
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -11,7 +11,7 @@ use time::{Date, OffsetDateTime};
 
 use super::database::{from_sql, Database};
 use crate::config::values::parse_duration;
-use crate::config::{Config, StoreKind};
+use crate::config::{StateSettings, StoreKind};
 
 /// A column the report groups rows by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,8 +100,8 @@ impl ReportRow {
 }
 
 /// Opens the configured state database read-only and runs the query.
-pub fn run(config: &Config, query: &ReportQuery) -> Result<Vec<ReportRow>, String> {
-    let StoreKind::Sqlite { path } = &config.state.store else {
+pub fn run(state: &StateSettings, query: &ReportQuery) -> Result<Vec<ReportRow>, String> {
+    let StoreKind::Sqlite { path } = &state.store else {
         return Err(
             "state.store is memory, which keeps no usage log; set state.store to \
                     sqlite to keep one"

@@ -46,6 +46,8 @@ pub(super) struct Shared {
     /// User names, the key of counters and usage rows in the database.
     pub names: Vec<String>,
     pub queue: WriteQueue,
+    /// Why the last flush failed; `None` after a successful one.
+    pub write_error: Mutex<Option<String>>,
 }
 
 /// Budget counters kept in memory and written to a SQLite database behind
@@ -104,6 +106,7 @@ impl SqliteStore {
             users: users_counters,
             names: users.iter().map(|user| user.name.clone()).collect(),
             queue: WriteQueue::new(QUEUE_CAPACITY),
+            write_error: Mutex::new(None),
         });
         info!(
             "state database {}: loaded {} counters of current windows",
@@ -172,6 +175,15 @@ impl BudgetStore for SqliteStore {
         let mut state = self.counters(user).lock();
         state.roll(budget, now);
         state.counters.status(budget)
+    }
+
+    /// Fails while the database cannot be written, so `/readyz` shows that
+    /// charges pile up in memory.
+    async fn check(&self) -> Result<(), String> {
+        match &*self.shared.write_error.lock() {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
     }
 
     fn record(&self, record: UsageRecord) {
@@ -345,5 +357,29 @@ mod tests {
         writer.shutdown();
         let (reopened, _) = SqliteStore::open(path, HOURLY.period, &users(), now).unwrap();
         assert_eq!(reopened.status(0, HOURLY, now).await.used, 47);
+    }
+
+    #[tokio::test]
+    async fn unwritable_database_fails_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let now = SystemTime::now();
+        let (store, writer) =
+            SqliteStore::open(path.clone(), HOURLY.period, &users(), now).unwrap();
+        charge(&store, 9, now).await;
+        assert_eq!(store.check().await, Ok(()));
+
+        // A path below a regular file can never be opened.
+        let blocked = dir.path().join("state.db").join("nested.db");
+        let mut failing = Writer::new(&blocked, writer.control.shared.clone());
+        failing.flush();
+        let error = store.check().await.expect_err("the write failed");
+        assert!(error.contains("cannot create the directory"), "{error}");
+        assert_eq!(store.status(0, HOURLY, now).await.used, 9);
+
+        let mut working = Writer::new(&path, writer.control.shared.clone());
+        working.flush();
+        assert_eq!(store.check().await, Ok(()));
+        assert_eq!(store.status(0, HOURLY, now).await.used, 9);
     }
 }

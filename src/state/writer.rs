@@ -54,6 +54,7 @@ impl Writer {
                          again at the next flush",
                         entries.len()
                     );
+                    *self.shared.write_error.lock() = Some(message);
                     self.retry = entries;
                     return;
                 }
@@ -68,10 +69,15 @@ impl Writer {
                 entries.len(),
                 self.path.display()
             );
+            *self.shared.write_error.lock() = Some(format!(
+                "writing to the state database {} failed: {e}",
+                self.path.display()
+            ));
             self.retry = entries;
             self.database = None;
             return;
         }
+        *self.shared.write_error.lock() = None;
         self.read_back(&charged);
     }
 

@@ -237,6 +237,18 @@ fn usage_report_while_gateway_runs() {
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8(output.stdout).unwrap(), csv);
 
+    let metrics = gateway.metrics();
+    let flushed = common::metric_value(&metrics, r#"tollgate_state_flushes_total{result="ok"}"#);
+    assert!(flushed.is_some_and(|count| count >= 1.0), "{metrics}");
+    assert_eq!(
+        common::metric_value(&metrics, r#"tollgate_state_flushes_total{result="failed"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        common::metric_value(&metrics, "tollgate_state_queue_overflow_total"),
+        Some(0.0)
+    );
+
     let error = usage_report(&gateway, &["--since", "last week"]).unwrap_err();
     assert!(
         error.contains("--since: invalid time \"last week\""),

@@ -8,6 +8,7 @@
 //! upgrade both see every charge.
 
 mod database;
+mod metrics;
 mod queue;
 pub mod report;
 mod store;

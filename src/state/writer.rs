@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{error, info, warn};
 
 use super::database::{Database, WindowCharge};
+use super::metrics;
 use super::queue::Entry;
 use super::store::Shared;
 use crate::budget::Window;
@@ -27,6 +28,7 @@ pub(super) struct Writer {
 
 impl Writer {
     pub fn new(path: &Path, shared: Arc<Shared>) -> Self {
+        metrics::register();
         Writer {
             path: path.to_path_buf(),
             database: None,
@@ -55,6 +57,7 @@ impl Writer {
                         entries.len()
                     );
                     *self.shared.write_error.lock() = Some(message);
+                    metrics::record_flush(false);
                     self.retry = entries;
                     return;
                 }
@@ -73,11 +76,13 @@ impl Writer {
                 "writing to the state database {} failed: {e}",
                 self.path.display()
             ));
+            metrics::record_flush(false);
             self.retry = entries;
             self.database = None;
             return;
         }
         *self.shared.write_error.lock() = None;
+        metrics::record_flush(true);
         self.read_back(&charged);
     }
 
@@ -187,6 +192,7 @@ impl Writer {
                  rate",
                 overflowed - self.overflow_logged
             );
+            metrics::record_overflow(overflowed - self.overflow_logged);
             self.overflow_logged = overflowed;
         }
     }

@@ -126,6 +126,8 @@ server:
   threads: 2
   pid_file: $WORK_DIR/tollgate.pid
   upgrade_sock: $WORK_DIR/upgrade.sock
+state:
+  path: $WORK_DIR/tollgate.db
 EOF
 
 echo "==> Starting target/release/mock-upstream on $HOST:$MOCK_PORT"

@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod request;
 pub mod server;
 pub mod sse;
+pub mod state;
 pub mod upstream;
 pub mod usage;

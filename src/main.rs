@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tollgate::config::Config;
+use tollgate::config::{Config, StateSettings};
 use tollgate::keys::KeyDigest;
 use tollgate::server::{self, RunFlags};
+use tollgate::state::report;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +52,30 @@ enum Command {
         /// The key; prefer standard input so it stays out of shell history.
         key: Option<String>,
     },
+
+    /// Print tokens and requests from the usage log of the state database
+    /// named by -c FILE. Safe to run while the gateway runs.
+    Usage(UsageArgs),
+}
+
+#[derive(clap::Args)]
+struct UsageArgs {
+    /// Start of the period: a duration before now (24h, 7d), a UTC date
+    /// (2026-12-01) or an RFC 3339 time.
+    #[arg(long, value_name = "TIME", default_value = "24h")]
+    since: String,
+
+    /// End of the period, excluded, in the same forms as --since; default now.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+
+    /// Columns to group by, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "user,model")]
+    by: Vec<report::GroupBy>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: report::ReportFormat,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +83,16 @@ fn main() -> ExitCode {
 
     if let Some(Command::HashKey { key }) = cli.command {
         return hash_key(key);
+    }
+
+    if let Some(Command::Usage(args)) = &cli.command {
+        return match print_usage(&cli.conf, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("tollgate: {message}");
+                ExitCode::FAILURE
+            }
+        };
     }
 
     let (config, format) = match Config::load(&cli.conf) {
@@ -78,13 +113,17 @@ fn main() -> ExitCode {
     }
 
     tollgate::logging::init(&config.log);
-    server::run(
-        config,
-        RunFlags {
-            daemon: cli.daemon,
-            upgrade: cli.upgrade,
-        },
-    )
+    let flags = RunFlags {
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
+    match server::run(config, flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn hash_key(key: Option<String>) -> ExitCode {
@@ -108,4 +147,20 @@ fn hash_key(key: Option<String>) -> ExitCode {
     }
     println!("{}", KeyDigest::of(&key).to_hex());
     ExitCode::SUCCESS
+}
+
+fn print_usage(conf: &std::path::Path, args: &UsageArgs) -> Result<(), String> {
+    let state = StateSettings::load(conf)?;
+    let now = std::time::SystemTime::now();
+    let query = report::ReportQuery {
+        since_ms: report::parse_time(&args.since, "--since", now)?,
+        until_ms: match &args.until {
+            Some(until) => report::parse_time(until, "--until", now)?,
+            None => report::parse_time("0s", "--until", now)?,
+        },
+        group_by: args.by.clone(),
+    };
+    let rows = report::run(&state, &query)?;
+    print!("{}", report::render(&rows, &query.group_by, args.format));
+    Ok(())
 }

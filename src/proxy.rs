@@ -25,6 +25,7 @@ use crate::limits::{InFlightSlot, RequestLimits};
 use crate::metering::{self, Charge, Exchange, ResponseMeter};
 use crate::metrics::{self, RequestRecord};
 use crate::request::{self, InspectedRequest};
+use crate::state::UsageRecord;
 use crate::upstream::UpstreamTarget;
 
 /// Headers that carry a client's credentials; none of them reaches the
@@ -570,6 +571,25 @@ impl ProxyHttp for Gateway {
             access_log::write(&record);
         }
 
+        // Requests of known users, except their budget lookups, go to the
+        // usage log.
+        if let Some(user) = ctx.user.filter(|_| ctx.route != Some(Route::GatewayUsage)) {
+            self.store.record(UsageRecord {
+                time_ms: unix_millis(),
+                request_id: ctx.request_id.clone(),
+                user,
+                model: ctx.request.as_ref().map(|r| r.model.clone()),
+                route: ctx.route.map_or("other", Route::as_str),
+                input_tokens: usage.map(|u| u.input_tokens),
+                output_tokens: usage.map(|u| u.output_tokens),
+                cached_tokens: usage.map(|u| u.cached_input_tokens),
+                reasoning_tokens: usage.map(|u| u.reasoning_tokens),
+                total_tokens: charge.map_or(0, |c| c.tokens),
+                usage_source: charge.map(|c| c.source.as_str()),
+                status,
+            });
+        }
+
         self.labels.record_request(&RequestRecord {
             user: record.user,
             model: record.model,
@@ -707,6 +727,12 @@ fn request_id(header: &RequestHeader) -> String {
         Some(id) => id.to_string(),
         None => format!("req_{:032x}", rand::random::<u128>()),
     }
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since_epoch| since_epoch.as_millis() as i64)
 }
 
 fn now_rfc3339() -> String {

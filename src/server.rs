@@ -5,14 +5,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use log::info;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 
 use crate::admin;
-use crate::budget::MemoryStore;
-use crate::config::Config;
+use crate::budget::{BudgetStore, MemoryStore};
+use crate::config::{Config, StoreKind};
 use crate::metrics;
 use crate::proxy::Gateway;
+use crate::state::{SqliteStore, StateWriter};
 use crate::upstream::{Resolver, UpstreamTarget};
 
 /// Process flags that Pingora acts on.
@@ -24,8 +25,12 @@ pub struct RunFlags {
     pub upgrade: bool,
 }
 
-/// Starts the gateway and serves until the process is told to stop.
-pub fn run(config: Config, flags: RunFlags) -> ! {
+/// Starts the gateway and serves until the process is told to stop, then
+/// writes the remaining accounting. Returns an error, before serving, when
+/// the state store cannot be opened.
+pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
+    let (store, state_writer) = open_store(&config)?;
+
     let opt = Opt {
         upgrade: flags.upgrade,
         daemon: flags.daemon,
@@ -36,7 +41,6 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
 
     let config = Arc::new(config);
     let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
-    let store = Arc::new(MemoryStore::new(config.users.len()));
     let gateway = Gateway::new(config.clone(), store.clone(), upstream.clone());
 
     let mut proxy =
@@ -58,6 +62,9 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
     {
         server.add_service(background_service("tokenizer warm-up", TokenizerWarmup));
     }
+    if let Some(writer) = &state_writer {
+        server.add_service(background_service("state writer", writer.clone()));
+    }
 
     info!(
         "tollgate listening on {} (admin on {}) for {} users, forwarding to {}",
@@ -66,7 +73,30 @@ pub fn run(config: Config, flags: RunFlags) -> ! {
         config.users.len(),
         config.upstream.url.authority()
     );
-    server.run_forever()
+    server.run(RunArgs::default());
+
+    // The runtimes have exited, so no request can charge anything more.
+    if let Some(writer) = state_writer {
+        writer.shutdown();
+    }
+    info!("tollgate stopped");
+    Ok(())
+}
+
+/// Opens the store the `state:` settings name.
+fn open_store(config: &Config) -> Result<(Arc<dyn BudgetStore>, Option<StateWriter>), String> {
+    match &config.state.store {
+        StoreKind::Memory => Ok((Arc::new(MemoryStore::new(config.users.len())), None)),
+        StoreKind::Sqlite { path } => {
+            let (store, writer) = SqliteStore::open(
+                path.clone(),
+                config.state.flush_interval,
+                &config.users,
+                std::time::SystemTime::now(),
+            )?;
+            Ok((Arc::new(store), Some(writer)))
+        }
+    }
 }
 
 /// Loads the tokenizer at start-up rather than in the first request that

@@ -18,6 +18,7 @@ pub use memory::MemoryStore;
 pub use window::Window;
 
 use crate::keys::UserId;
+use crate::state::UsageRecord;
 
 /// A user's budget settings.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +106,10 @@ pub trait BudgetStore: Send + Sync {
     async fn check(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Hands over one finished request for the usage log, from the proxy's
+    /// `logging` phase. Must not block; stores without a log drop it.
+    fn record(&self, _record: UsageRecord) {}
 }
 
 /// Counters of one user, as every store keeps them.

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::operations;
+use super::state::StateFile;
 use super::values::ConfigDuration;
 use super::{
     deserialize_with_path, policies_from_parts, resolve_secret, without_zero_limits, Budgets,
@@ -32,6 +33,8 @@ struct File {
     admin_token_file: Option<String>,
     #[serde(default)]
     log: operations::LogFile,
+    #[serde(default)]
+    state: StateFile,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +212,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
             file.admin_token_file.as_deref(),
         )?,
         log: operations::log_from_file(&file.log)?,
+        state: file.state.into_settings()?,
     })
 }
 

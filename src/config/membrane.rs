@@ -33,7 +33,8 @@ use super::file::defaults;
 use super::values::{self, ConfigDuration};
 use super::{
     deserialize_with_path, policies_from_parts, resolve_secret, without_zero_limits, AdminSettings,
-    Budgets, Config, Limits, LogSettings, PolicyParts, ServerSettings, Upstream, UpstreamUrl, User,
+    Budgets, Config, Limits, LogSettings, PolicyParts, ServerSettings, StateSettings, Upstream,
+    UpstreamUrl, User,
 };
 use crate::keys::KeyDigest;
 
@@ -216,5 +217,6 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         server: ServerSettings::default(),
         admin: AdminSettings::default(),
         log: LogSettings::default(),
+        state: StateSettings::default(),
     })
 }

@@ -4,6 +4,7 @@
 mod file;
 mod membrane;
 mod operations;
+mod state;
 pub mod values;
 
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use crate::keys::KeyDigest;
 use crate::policy::{ModelList, Policies, SystemPrompt, SystemPromptAction};
 pub use operations::{AccessLogFormat, AdminSettings, LogSettings, DEFAULT_ADMIN_LISTEN};
+pub use state::{StateSettings, StoreKind};
 pub use values::Secret;
 
 /// Default API listener, the port the Membrane format also defaults to.
@@ -32,6 +34,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub state: StateSettings,
 }
 
 /// The provider the gateway forwards to.

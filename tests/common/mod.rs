@@ -76,7 +76,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Address of the admin listener.
     pub admin: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -100,9 +100,31 @@ impl Gateway {
     }
 
     pub fn try_start_with_log(config: &str, rust_log: &str) -> Result<Gateway, String> {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let addr = free_addr();
-        let admin = free_addr();
+        let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        Gateway::launch(config, dir, (free_addr(), free_addr()), &[], rust_log)
+    }
+
+    /// Starts a gateway whose `{dir}` is `dir`, on the API and admin
+    /// addresses `listen`, with `args` after `-c FILE`. A restart keeps the
+    /// state directory of the gateway before, and `-u` with the same
+    /// addresses takes over its listening sockets. `$STATE_DIRECTORY` is
+    /// `dir` too, so the default state database lies there.
+    pub fn try_start_in(
+        config: &str,
+        dir: Arc<tempfile::TempDir>,
+        listen: (SocketAddr, SocketAddr),
+        args: &[&str],
+    ) -> Result<Gateway, String> {
+        Gateway::launch(config, dir, listen, args, "warn")
+    }
+
+    fn launch(
+        config: &str,
+        dir: Arc<tempfile::TempDir>,
+        (addr, admin): (SocketAddr, SocketAddr),
+        args: &[&str],
+        rust_log: &str,
+    ) -> Result<Gateway, String> {
         let mut config = config
             .replace("{listen}", &addr.to_string())
             .replace("{admin}", &admin.to_string())
@@ -117,7 +139,9 @@ impl Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .arg("-c")
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", rust_log)
+            .env("STATE_DIRECTORY", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -147,7 +171,7 @@ impl Gateway {
             child,
             addr,
             admin,
-            _dir: dir,
+            dir,
             stdout,
             stderr,
         })
@@ -232,6 +256,43 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The directory `{dir}` stands for; it lives as long as a gateway or a
+    /// clone of it does.
+    pub fn dir(&self) -> Arc<tempfile::TempDir> {
+        self.dir.clone()
+    }
+
+    /// Sends `signal` (such as `TERM` or `QUIT`) to the gateway.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its exit
+    /// status, or `None` when it still runs.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would end it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -267,6 +267,12 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = request_id(session.req_header());
+        if session.is_process_shutting_down() {
+            // Pingora keeps serving a busy keep-alive connection until the
+            // grace period ends and then cuts it mid-request; closing it
+            // after this response sends the client to the new process.
+            session.set_keepalive(None);
+        }
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
 
         match self.admit(session, ctx).await {

@@ -16,10 +16,12 @@ use serde_json::{json, Value};
 /// once on SIGTERM and flushes state every `flush_interval`, with the users
 /// of [`config_for`].
 fn state_config(mock: &Mock, flush_interval: &str, reset_period: &str) -> String {
+    // The grace period lets requests in flight at shutdown finish; with 0 s
+    // Pingora cuts them, forwarded but unanswered.
     config_for(mock)
         .replace(
             "server:\n",
-            "server:\n  grace_period: 0s\n  graceful_shutdown_timeout: 5s\n",
+            "server:\n  grace_period: 1s\n  graceful_shutdown_timeout: 5s\n",
         )
         .replace("reset_period: 1h", &format!("reset_period: {reset_period}"))
         + &format!("state:\n  store: sqlite\n  flush_interval: {flush_interval}\n")

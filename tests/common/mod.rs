@@ -58,8 +58,16 @@ impl Mock {
         response.json::<Vec<Value>>().expect("mock request list")
     }
 
+    /// Requests the mock received; unlike [`Mock::requests`], not capped at
+    /// the 10,000 it stores.
     pub fn request_count(&self) -> usize {
-        self.requests().len()
+        let stats: Value = client()
+            .get(format!("{}/mock/stats", self.url()))
+            .send()
+            .expect("GET /mock/stats")
+            .json()
+            .expect("mock stats");
+        stats["requests"].as_u64().expect("request count") as usize
     }
 }
 

@@ -29,6 +29,12 @@ pub struct RunFlags {
 /// writes the remaining accounting. Returns an error, before serving, when
 /// the state store cannot be opened.
 pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
+    // Pingora retries a busy address for about 30 s and then panics in its
+    // service threads while the process stays up, so a taken port is found
+    // here instead. An upgrade inherits its sockets and skips this.
+    if !flags.upgrade {
+        check_addresses_free(&config)?;
+    }
     let (store, state_writer) = open_store(&config)?;
 
     let opt = Opt {
@@ -67,7 +73,7 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     }
 
     info!(
-        "tollgate listening on {} (admin on {}) for {} users, forwarding to {}",
+        "tollgate starting on {} (admin on {}) for {} users, forwarding to {}",
         config.listen.join(", "),
         config.admin.listen,
         config.users.len(),
@@ -122,4 +128,22 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(settings.graceful_shutdown_timeout.as_secs()),
         ..ServerConf::default()
     }
+}
+
+/// Fails when an API or admin address cannot be bound, naming it.
+fn check_addresses_free(config: &Config) -> Result<(), String> {
+    let addresses = config
+        .listen
+        .iter()
+        .map(|address| ("listen", address))
+        .chain(std::iter::once(("admin_listen", &config.admin.listen)));
+    for (key, address) in addresses {
+        if let Err(e) = std::net::TcpListener::bind(address.as_str()) {
+            return Err(format!(
+                "{key}: cannot listen on {address}: {e}; stop the process that uses it \
+                 (`ss -ltnp` shows it) or choose another address"
+            ));
+        }
+    }
+    Ok(())
 }

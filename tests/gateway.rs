@@ -775,3 +775,28 @@ fn upgrade_headers_do_not_reach_upstream() {
         "{forwarded}"
     );
 }
+
+#[test]
+fn taken_port_is_a_startup_error() {
+    let mock = Mock::start();
+    let first = Gateway::start(&config_for(&mock));
+
+    let taken = config_for(&mock).replace(
+        "listen: \"{listen}\"",
+        &format!("listen: \"{}\"", first.addr),
+    );
+    let started = std::time::Instant::now();
+    let error = match Gateway::try_start(&taken) {
+        Ok(_) => panic!("a second gateway started on {}", first.addr),
+        Err(error) => error,
+    };
+    assert!(
+        error.contains(&format!("listen: cannot listen on {}", first.addr)),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -112,9 +112,11 @@ impl AdminSettings {
             .any(|api| api.port() == address.port() && overlaps(api, address))
         {
             return Err(format!(
-                "admin_listen: {} is also an API listener address; give the admin listener \
-                 its own port, such as {}",
-                self.listen, DEFAULT_ADMIN_LISTEN
+                "admin_listen: {} is also an API listener address in listen; give each \
+                 listener its own port, for example admin_listen: {}:{}",
+                self.listen,
+                address.ip(),
+                address.port().wrapping_add(1)
             ));
         }
 

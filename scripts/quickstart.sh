@@ -150,5 +150,13 @@ EOF
 
 tail -n 0 -f "$LOG_DIR/tollgate.log" &
 TAIL_PID=$!
-wait "$GATEWAY_PID" || fail "tollgate exited with status $?; see $LOG_DIR/tollgate.log"
-fail "tollgate exited; see $LOG_DIR/tollgate.log"
+# Ctrl-C reaches tollgate too, which then exits with status 0 before the
+# INT trap above may run; any other status means it failed.
+status=0
+wait "$GATEWAY_PID" || status=$?
+if ((status == 0)); then
+    echo
+    echo "==> Stopping tollgate and mock-upstream"
+    exit 0
+fi
+fail "tollgate exited with status $status; see $LOG_DIR/tollgate.log"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measures what tollgate adds to a request: requests/s and latency
 # percentiles of non-streaming chat completions sent with oha (a) straight to
-# the mock upstream and (b) through tollgate to the same mock, then prints
-# the ratio gateway/direct.
+# the mock upstream, (b) through nginx as a plain reverse proxy and (c)
+# through tollgate, all to the same mock, then prints the ratios
+# gateway/direct and gateway/nginx.
 #
 # Usage: load-tests/compare.sh [-z DURATION] [-c CONCURRENCY] [-m PORT] [-g PORT],
 # see -h.
@@ -22,6 +23,7 @@ WARMUP=2s
 HOST=127.0.0.1
 MOCK_PORT=28081
 GATEWAY_PORT=22000
+NGINX_PORT=23000
 OUT_DIR=target/load-tests
 START_TIMEOUT=30
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_completion_tokens":16}'
@@ -60,6 +62,8 @@ fail() {
 
 command -v cargo >/dev/null || fail "cargo is missing: install a Rust toolchain with rustup"
 command -v python3 >/dev/null || fail "python3 is missing (it reads oha's JSON reports): install it with: apt-get install python3"
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[[ -x $NGINX ]] || fail "nginx is missing (the plain-proxy reference): install it with: apt-get install nginx-light"
 if ! command -v oha >/dev/null; then
     echo "==> oha is missing: installing it with cargo install oha --locked"
     cargo install oha --locked
@@ -69,7 +73,7 @@ port_open() {
     timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
 }
 
-for port in "$MOCK_PORT" "$GATEWAY_PORT"; do
+for port in "$MOCK_PORT" "$GATEWAY_PORT" "$NGINX_PORT"; do
     if port_open "$HOST" "$port"; then
         fail "port $HOST:$port is already in use: stop that process (\`ss -ltnp 'sport = :$port'\` shows it) and run this script again"
     fi
@@ -82,9 +86,10 @@ mkdir -p "$OUT_DIR"
 WORK_DIR=$(mktemp -d)
 MOCK_PID=""
 GATEWAY_PID=""
+NGINX_PID=""
 
 stop_all() {
-    for pid in "$GATEWAY_PID" "$MOCK_PID"; do
+    for pid in "$GATEWAY_PID" "$NGINX_PID" "$MOCK_PID"; do
         if [[ -n $pid ]]; then
             kill -INT "$pid" 2>/dev/null || true
         fi
@@ -142,6 +147,32 @@ RUST_LOG=warn target/release/tollgate -c "$WORK_DIR/tollgate.yaml" >"$WORK_DIR/t
 GATEWAY_PID=$!
 wait_for_port tollgate "$GATEWAY_PID" "$GATEWAY_PORT" "$WORK_DIR/tollgate.log"
 
+# nginx as a plain reverse proxy with the same number of workers as
+# tollgate's threads and pooled upstream connections, the usual production
+# setup.
+cat >"$WORK_DIR/nginx.conf" <<EOF
+worker_processes 2;
+pid $WORK_DIR/nginx.pid;
+error_log $WORK_DIR/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    upstream mock { server $HOST:$MOCK_PORT; keepalive 64; }
+    server {
+        listen $HOST:$NGINX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+echo "==> Starting nginx on $HOST:$NGINX_PORT"
+"$NGINX" -p "$WORK_DIR" -c "$WORK_DIR/nginx.conf" -g 'daemon off;' >"$WORK_DIR/nginx.log" 2>&1 &
+NGINX_PID=$!
+wait_for_port nginx "$NGINX_PID" "$NGINX_PORT" "$WORK_DIR/nginx.log"
+
 # Runs oha against URL for DURATION, writing its JSON report to FILE.
 run_oha() {
     local url=$1 duration=$2 report=$3
@@ -157,12 +188,12 @@ cpu_ticks() {
     awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
-for target in direct gateway; do
-    if [[ $target == direct ]]; then
-        url="http://$HOST:$MOCK_PORT/v1/chat/completions"
-    else
-        url="http://$HOST:$GATEWAY_PORT/v1/chat/completions"
-    fi
+for target in direct nginx gateway; do
+    case $target in
+    direct) url="http://$HOST:$MOCK_PORT/v1/chat/completions" ;;
+    nginx) url="http://$HOST:$NGINX_PORT/v1/chat/completions" ;;
+    gateway) url="http://$HOST:$GATEWAY_PORT/v1/chat/completions" ;;
+    esac
     echo "==> $target: $url, warm-up $WARMUP, then $DURATION at concurrency $CONCURRENCY"
     run_oha "$url" "$WARMUP" "$OUT_DIR/$target-warmup.json"
     gateway_ticks_before=$(cpu_ticks "$GATEWAY_PID")
@@ -170,7 +201,7 @@ for target in direct gateway; do
     gateway_ticks=$(($(cpu_ticks "$GATEWAY_PID") - gateway_ticks_before))
 done
 
-python3 - "$OUT_DIR/direct.json" "$OUT_DIR/gateway.json" "$gateway_ticks" "$(getconf CLK_TCK)" <<'EOF'
+python3 - "$OUT_DIR/direct.json" "$OUT_DIR/nginx.json" "$OUT_DIR/gateway.json" "$gateway_ticks" "$(getconf CLK_TCK)" <<'EOF'
 import json
 import sys
 
@@ -194,20 +225,22 @@ def load(path):
     }
 
 direct = load(sys.argv[1])
-gateway = load(sys.argv[2])
+nginx = load(sys.argv[2])
+gateway = load(sys.argv[3])
 print()
 print(f"{'target':<8} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
-for name, row in (("direct", direct), ("gateway", gateway)):
+for name, row in (("direct", direct), ("nginx", nginx), ("gateway", gateway)):
     print(
         f"{name:<8} {row['requests']:>9} {row['rps']:>9.0f} {row['p50']:>8.2f} "
         f"{row['p90']:>8.2f} {row['p99']:>8.2f} {row['p99.9']:>9.2f}"
     )
 print()
-print("ratio gateway/direct:")
-print(f"  requests/s   {gateway['rps'] / direct['rps']:.2f}")
-for key in ("p50", "p90", "p99"):
-    print(f"  {key + ' latency':<12} {gateway[key] / direct[key]:.2f}")
-gateway_cpu_seconds = int(sys.argv[3]) / int(sys.argv[4])
+for reference_name, reference in (("direct", direct), ("nginx", nginx)):
+    print(f"ratio gateway/{reference_name}:")
+    print(f"  requests/s   {gateway['rps'] / reference['rps']:.2f}")
+    for key in ("p50", "p90", "p99"):
+        print(f"  {key + ' latency':<12} {gateway[key] / reference[key]:.2f}")
+gateway_cpu_seconds = int(sys.argv[4]) / int(sys.argv[5])
 print()
 print(
     f"gateway CPU time in the measured run: {gateway_cpu_seconds:.2f} s, "

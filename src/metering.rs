@@ -61,7 +61,7 @@ impl Charge {
     }
 }
 
-/// What is known about an exchange when it ends.
+/// The facts about an exchange that decide its charge, taken when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exchange {
     /// The upstream's response status, if a response header arrived.

@@ -10,7 +10,7 @@ use crate::errors::GatewayError;
 use crate::estimate;
 use crate::policy::{self, Policies};
 
-/// What the gateway learned from a request body, and the body to forward.
+/// The fields the gateway read from a request body, and the body to forward.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InspectedRequest {
     pub model: String,
@@ -31,7 +31,7 @@ pub struct InspectedRequest {
     pub body: Bytes,
 }
 
-/// Whether [`inspect`] may need the tokenizer for this body, which takes
+/// Returns whether [`inspect`] may need the tokenizer for this body, which takes
 /// about a millisecond per 10 KB, so the caller can move the work off the
 /// request threads.
 pub fn needs_token_count(body: &[u8], policies: &Policies) -> bool {
@@ -121,7 +121,7 @@ fn read_model(object: &Map<String, Value>) -> Result<String, GatewayError> {
     }
 }
 
-/// The number of choices generated: `n` (Chat Completions and Completions)
+/// Reads the number of choices generated: `n` (Chat Completions and Completions)
 /// and `best_of` (Completions), each a positive integer.
 fn read_choices(route: Route, object: &Map<String, Value>) -> Result<u64, GatewayError> {
     let fields: &[&str] = match route {
@@ -204,8 +204,8 @@ fn read_stream(object: &Map<String, Value>) -> Result<bool, GatewayError> {
     }
 }
 
-/// The largest max output field set, after checking each is a positive
-/// integer.
+/// Reads the largest max output field set, after checking each is a
+/// positive integer.
 fn read_max_output(route: Route, object: &Map<String, Value>) -> Result<Option<u64>, GatewayError> {
     let mut max_output_tokens: Option<u64> = None;
     for field in policy::max_output_fields(route) {

@@ -650,7 +650,7 @@ fn canary_keys_never_logged() {
         );
         if !matches!(level, "error" | "warn") {
             assert!(
-                output.contains("tollgate listening"),
+                output.contains("tollgate starting"),
                 "{level}: no diagnostic log"
             );
         }

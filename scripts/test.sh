@@ -80,4 +80,15 @@ fi
 
 TOLLGATE_TEST_PYTHON="$(pwd)/$VENV/bin/python"
 export TOLLGATE_TEST_PYTHON
-exec cargo test --locked "$@"
+
+# cargo prints one result line per test binary, the last for the doc tests,
+# which are none; the total over all binaries closes the run instead.
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --locked "$@" 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
+exit "$status"

@@ -59,7 +59,7 @@ pub struct Gateway {
     labels: metrics::Labels,
 }
 
-/// What one request carries from phase to phase.
+/// The state of one request, carried from phase to phase.
 pub struct RequestCtx {
     request_id: String,
     started: Instant,
@@ -269,7 +269,7 @@ impl ProxyHttp for Gateway {
         ctx.request_id = request_id(session.req_header());
         if session.is_process_shutting_down() {
             // Pingora keeps serving a busy keep-alive connection until the
-            // grace period ends and then cuts it mid-request; closing it
+            // grace period ends and then cuts it mid-request. Closing it
             // after this response sends the client to the new process.
             session.set_keepalive(None);
         }

@@ -12,11 +12,11 @@ pub enum Route {
     Embeddings,
     /// `GET /v1/models` and `GET /v1/models/{id}`.
     Models,
-    /// `GET /v1/gateway/usage`, answered by the gateway itself.
+    /// `GET /v1/gateway/usage`, served by the gateway itself.
     GatewayUsage,
 }
 
-/// Why a request matched no route.
+/// The reason a request matched no route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
     NotFound,
@@ -44,7 +44,7 @@ impl Route {
         }
     }
 
-    /// The route's name in logs and metrics.
+    /// Returns the route's name in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Route::ChatCompletions => "chat_completions",
@@ -56,7 +56,7 @@ impl Route {
         }
     }
 
-    /// Whether requests on this route consume tokens and so need a JSON
+    /// Returns whether requests on this route consume tokens and so need a JSON
     /// body, admission and settlement.
     pub fn is_metered(self) -> bool {
         matches!(

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::budget::BudgetStatus;
 
-/// A failure answered by the gateway itself.
+/// A failure the gateway responds to itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     /// No internal key in `Authorization` or `x-api-key`.
@@ -43,13 +43,13 @@ pub enum GatewayError {
     RateLimited { limit: RateLimit, retry_after: u64 },
     /// The upstream could not be reached or broke the exchange.
     UpstreamUnavailable,
-    /// The upstream did not answer in time.
+    /// The upstream did not respond in time.
     UpstreamTimeout,
     /// A fault in the gateway.
     Internal,
 }
 
-/// Which request limit a [`GatewayError::RateLimited`] hit.
+/// The request limit a [`GatewayError::RateLimited`] hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateLimit {
     /// The user's `requests_per_minute`.
@@ -87,7 +87,7 @@ impl GatewayError {
         }
     }
 
-    /// The reason in logs and metrics.
+    /// Returns the reason used in logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::MissingApiKey | GatewayError::InvalidApiKey => "invalid_key",
@@ -349,7 +349,8 @@ mod tests {
         let json = body(&model);
         assert_eq!(json["error"]["code"], "model_not_allowed");
         let message = json["error"]["message"].as_str().unwrap();
-        assert!(message.contains("'o3'") && message.contains("gpt-4o-mini, gpt-5*"));
+        assert!(message.contains("'o3'"), "{message}");
+        assert!(message.contains("gpt-4o-mini, gpt-5*"), "{message}");
 
         let context = GatewayError::ContextLengthExceeded {
             tokens: 1200,

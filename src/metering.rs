@@ -78,7 +78,7 @@ pub struct Exchange {
 /// Decides the charge once the exchange is over.
 ///
 /// `None` releases the reservation: the request never reached the
-/// upstream, the upstream failed before answering, or it answered with an
+/// upstream, the upstream failed before responding, or it responded with an
 /// error status. A successful response is charged the usage it reported.
 /// Without reported usage:
 /// - a stream is charged the input estimate plus the output seen in its
@@ -159,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn stream_without_usage_is_charged_input_and_seen_output() {
+    fn stream_without_usage_charges_estimate() {
         let mut meter = ResponseMeter::for_response(Route::ChatCompletions, true, false);
         if let ResponseMeter::Stream(stream) = &mut meter {
             stream.push(

@@ -2,7 +2,7 @@
 //! the system prompt rule, and request-rate and concurrency limits.
 //!
 //! Policies are set gateway-wide and overridden per user, field by field.
-//! This module holds the types and the rewrites of a JSON request body; the
+//! This module contains the types and the rewrites of a JSON request body; the
 //! rate and concurrency counters live in [`crate::limits`].
 
 use serde_json::{Map, Value};
@@ -58,7 +58,7 @@ impl ModelList {
     }
 }
 
-/// What to do with the system prompt of each request.
+/// The action taken on the system prompt of each request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SystemPromptAction {
     /// Drop the client's system and developer instructions.

@@ -114,7 +114,7 @@ impl Gateway {
     }
 
     /// Runs every check that happens before the upstream is contacted.
-    /// Returns `Ok(true)` when the gateway answered the request itself.
+    /// Returns `Ok(true)` when the gateway sent the response itself.
     async fn admit(
         &self,
         session: &mut Session,
@@ -193,7 +193,7 @@ impl Gateway {
         }
     }
 
-    /// Answers `GET /v1/gateway/usage` with the caller's own budget.
+    /// Responds to `GET /v1/gateway/usage` with the caller's own budget.
     async fn respond_usage(&self, session: &mut Session, ctx: &RequestCtx, user: UserId) {
         let now = SystemTime::now();
         let status = self.store.status(user, self.budget_of(user), now).await;
@@ -716,7 +716,7 @@ async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
-/// The client's `x-request-id` when it is short and plain, else a new one.
+/// Returns the client's `x-request-id` when it is short and plain, else a new one.
 fn request_id(header: &RequestHeader) -> String {
     let from_client = header
         .headers

@@ -61,12 +61,12 @@ impl UpstreamTarget {
         target
     }
 
-    /// Whether the host is a name that needs resolving again over time.
+    /// Returns whether the host is a name that needs resolving again over time.
     fn is_host_name(&self) -> bool {
         self.url.host.parse::<IpAddr>().is_err()
     }
 
-    /// A peer for the next request, rotating over the resolved addresses;
+    /// Builds a peer for the next request, rotating over the resolved addresses;
     /// `None` while the host has no address.
     pub fn peer(&self) -> Option<HttpPeer> {
         let addresses = self.addresses.load();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{client, config_for, Gateway, Mock, PROVIDER_KEY};
 use serde_json::{json, Value};
 
-/// A gateway whose user `burst` has `tokens` per hour.
+/// Starts a gateway whose user `burst` has `tokens` per hour.
 fn gateway_with_budget(mock: &Mock, tokens: u64) -> Gateway {
     let config = config_for(mock).replace(
         "  - name: carol\n",

@@ -28,7 +28,7 @@ pub struct UserBudget {
     pub period: Duration,
 }
 
-/// What a request may cost, estimated before it is sent.
+/// The estimated cost of a request, taken before it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReserveRequest {
     /// Estimated input tokens; admission requires this much remaining.
@@ -146,7 +146,7 @@ impl Counters {
         }
     }
 
-    /// The admission rule shared by all stores.
+    /// Applies the admission rule shared by all stores.
     pub fn reserve(
         &mut self,
         user: UserId,
@@ -173,7 +173,7 @@ impl Counters {
         Admission::Admitted(reservation, self.status(budget))
     }
 
-    /// The settlement rule shared by all stores. A reservation from an
+    /// Applies the settlement rule shared by all stores. A reservation from an
     /// earlier window was dropped with that window, so only the charge lands.
     pub fn settle(&mut self, reservation: Reservation, charged: u64) {
         if reservation.window == self.window {

@@ -13,7 +13,7 @@ pub struct Window {
 }
 
 impl Window {
-    /// The window of length `period` that contains `now`.
+    /// Returns the window of length `period` that contains `now`.
     ///
     /// Periods are counted in whole seconds; a period under one second is
     /// treated as one second.
@@ -30,7 +30,7 @@ impl Window {
     }
 
     /// Whole seconds from `now` until the window ends, at least 1 so a
-    /// `Retry-After` never asks for an immediate retry into the same window.
+    /// `Retry-After` never requests an immediate retry into the same window.
     pub fn seconds_until_end(&self, now: SystemTime) -> u64 {
         let end = UNIX_EPOCH + Duration::from_secs(self.end);
         match end.duration_since(now) {

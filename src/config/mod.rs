@@ -45,7 +45,7 @@ pub struct Upstream {
     pub api_key: Secret,
     /// Time allowed to open the TCP (and TLS) connection.
     pub connect_timeout: Duration,
-    /// Longest gap between two reads from the upstream, such as between two
+    /// Maximum gap between two reads from the upstream, such as between two
     /// events of a stream.
     pub read_timeout: Duration,
     /// Deadline for the whole exchange, from admission to the last byte.
@@ -129,7 +129,7 @@ impl UpstreamUrl {
         }
     }
 
-    /// The value of the `Host` header: the port is left out when it is the
+    /// Returns the value of the `Host` header: the port is left out when it is the
     /// scheme's default.
     pub fn host_header(&self) -> String {
         let default_port = if self.tls { 443 } else { 80 };
@@ -207,7 +207,7 @@ impl Default for ServerSettings {
     }
 }
 
-/// Which file shape a configuration came from.
+/// The file format a configuration came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Native,
@@ -215,7 +215,7 @@ pub enum Format {
 }
 
 impl Config {
-    /// Every model name the configuration names in an allow-list, without
+    /// Lists every model name the configuration names in an allow-list, without
     /// prefix patterns: the model label values of metrics.
     pub fn known_models(&self) -> Vec<String> {
         let lists = std::iter::once(&self.policies)

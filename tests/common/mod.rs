@@ -49,7 +49,7 @@ impl Mock {
         format!("http://{}", self.addr)
     }
 
-    /// Every request the mock received, oldest first.
+    /// Returns every request the mock received, oldest first.
     pub fn requests(&self) -> Vec<Value> {
         let response = client()
             .get(format!("{}/mock/requests", self.url()))
@@ -311,7 +311,7 @@ impl Drop for Gateway {
     }
 }
 
-/// A native configuration for a gateway in front of `mock`, with users
+/// Builds a native configuration for a gateway in front of `mock`, with users
 /// alice (`alice-key`, 1,000 tokens), bob (`bob-key`, 100,000 tokens) and
 /// carol (`carol-key`, unlimited).
 pub fn config_for(mock: &Mock) -> String {
@@ -369,7 +369,7 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// A free loopback port, found by binding port 0 and closing it again.
+/// Finds a free loopback port by binding port 0 and closing it again.
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local address")
